@@ -1,0 +1,1 @@
+"""Flax linen models whose parameter names mirror Hugging Face's module paths."""

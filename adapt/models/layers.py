@@ -1,0 +1,81 @@
+"""Pieces every model shares: attention arithmetic, activations, mask helpers.
+
+Projections are always plain ``nn.Dense`` submodules named as in Hugging Face, so methods (LoRA,
+IA3, QLoRA) attach by module path through ``nn.intercept_methods`` and model code stays
+method-agnostic. The two explicit extension points every model offers are documented in
+:mod:`adapt.models` and are no-ops here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _gelu_exact(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_tanh(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=True)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": _gelu_exact,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"activation {name!r} is not implemented (have: {sorted(ACTIVATIONS)})") from None
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array | None,
+    *,
+    dtype=jnp.float32,
+) -> Array:
+    """Softmax attention. ``query``: (B, T, H, D); ``key``/``value``: (B, S, Hkv, D) with
+    ``H % Hkv == 0`` (grouped-query attention repeats kv heads); ``mask``: bool broadcastable to
+    (B, H, T, S), True = may attend. Softmax runs in float32 whatever the compute dtype."""
+    heads, kv_heads = query.shape[2], key.shape[2]
+    if heads != kv_heads:
+        if heads % kv_heads:
+            raise ValueError(f"{heads} query heads do not group over {kv_heads} kv heads")
+        key = jnp.repeat(key, heads // kv_heads, axis=2)
+        value = jnp.repeat(value, heads // kv_heads, axis=2)
+    depth = query.shape[-1]
+    scores = jnp.einsum("bthd,bshd->bhts", query, key).astype(jnp.float32) / jnp.sqrt(
+        jnp.asarray(depth, jnp.float32)
+    )
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return jnp.einsum("bhts,bshd->bthd", weights, value)
+
+
+def padding_mask(attention_mask: Array) -> Array:
+    """(B, S) 1/0 key-padding mask -> bool (B, 1, 1, S)."""
+    return attention_mask.astype(bool)[:, None, None, :]
+
+
+def causal_mask(query_len: int, key_len: int, offset: Array | int = 0) -> Array:
+    """bool (1, 1, T, S): query t (at absolute position offset + t) sees keys <= its position."""
+    q = jnp.arange(query_len)[:, None] + offset
+    k = jnp.arange(key_len)[None, :]
+    return (k <= q)[None, None]
