@@ -182,7 +182,11 @@ def plan_import(
     if missing or unexpected or misshaped:
         raise CheckpointMismatchError(
             "checkpoint does not fit the model:"
-            + (f"\nmissing from the checkpoint ({len(missing)}):{shorten_list(missing)}" if missing else "")
+            + (
+                f"\nmissing from the checkpoint ({len(missing)}):{shorten_list(missing)}"
+                if missing
+                else ""
+            )
             + (
                 f"\nunexpected in the checkpoint ({len(unexpected)}):{shorten_list(unexpected)}"
                 if unexpected

@@ -63,7 +63,9 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
         with open(path, "rb") as f:
             raw_len = f.read(8)
             if len(raw_len) != 8:
-                raise CheckpointFormatError(f"{path}: file is shorter than the 8-byte header length")
+                raise CheckpointFormatError(
+                    f"{path}: file is shorter than the 8-byte header length"
+                )
             (header_len,) = struct.unpack("<Q", raw_len)
             if header_len > min(size - 8, _MAX_HEADER_BYTES):
                 raise CheckpointFormatError(
@@ -186,7 +188,9 @@ def _write_file(path: Path, tensors: Mapping[str, np.ndarray], metadata: dict | 
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for arr in arrays.values():
-            f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).data)
+            # Raw bytes (safetensors is little-endian, as are all hosts JAX runs on); the uint8
+            # view also covers bfloat16, which has no buffer-protocol format code.
+            f.write(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)
     os.replace(tmp, path)  # never leave a half-written checkpoint under the final name
 
 

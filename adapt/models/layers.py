@@ -39,7 +39,9 @@ def activation(name: str) -> Callable[[Array], Array]:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(f"activation {name!r} is not implemented (have: {sorted(ACTIVATIONS)})") from None
+        raise ValueError(
+            f"activation {name!r} is not implemented (have: {sorted(ACTIVATIONS)})"
+        ) from None
 
 
 def dot_product_attention(
