@@ -51,10 +51,13 @@ def dot_product_attention(
     mask: Array | None,
     *,
     dtype=jnp.float32,
+    dropout: Callable[[Array], Array] | None = None,
 ) -> Array:
     """Softmax attention. ``query``: (B, T, H, D); ``key``/``value``: (B, S, Hkv, D) with
     ``H % Hkv == 0`` (grouped-query attention repeats kv heads); ``mask``: bool broadcastable to
-    (B, H, T, S), True = may attend. Softmax runs in float32 whatever the compute dtype."""
+    (B, H, T, S), True = may attend. Softmax runs in float32 whatever the compute dtype.
+    ``dropout``, if given, is applied to the attention weights (BERT/ViT's
+    ``attention_probs_dropout_prob``), e.g. ``lambda w: nn.Dropout(rate)(w, deterministic)``."""
     heads, kv_heads = query.shape[2], key.shape[2]
     if heads != kv_heads:
         if heads % kv_heads:
@@ -68,6 +71,8 @@ def dot_product_attention(
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    if dropout is not None:
+        weights = dropout(weights)
     return jnp.einsum("bhts,bshd->bthd", weights, value)
 
 
