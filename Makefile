@@ -26,6 +26,7 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.convert
+	$(PY) -m benchmarks.methods
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -184,3 +184,17 @@ def test_paths_flatten_unflatten_round_trip():
     assert paths.unflatten(flat) == tree
     with pytest.raises(ValueError, match="ambiguous"):
         paths.flatten({"a/b": 1})
+
+
+def test_a_resized_head_is_reinitialised_but_a_resized_backbone_is_an_error():
+    hf = _hf_state(np.random.default_rng(2))
+    expected = _expected()
+    expected["enc/layer_1/dense/kernel"] = ((5, 4), np.float32)  # as if num_labels grew to 4
+    expected["enc/layer_1/dense/bias"] = ((4,), np.float32)
+    ours, fresh = mapping.import_tensors(
+        hf, TABLE, expected, ignore=[r".*position_ids"], allow_missing=[r"enc/layer_1/.*"]
+    )
+    assert sorted(fresh) == ["enc/layer_1/dense/bias", "enc/layer_1/dense/kernel"]
+    assert "enc/layer_1/dense/kernel" not in ours
+    with pytest.raises(mapping.CheckpointMismatchError, match="wrong shape"):
+        mapping.import_tensors(hf, TABLE, expected, ignore=[r".*position_ids"])

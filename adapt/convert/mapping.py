@@ -143,9 +143,12 @@ def _match(table: Sequence[Rule], key: str, direction: str) -> tuple[Rule, str] 
 
 
 # ---------------------------------------------------------------------------------- conversion
+_SAME_NAME = Rule("<same>", "<same>")
+
+
 def plan_import(
     hf_shapes: Mapping[str, tuple[int, ...]],
-    table: Sequence[Rule],
+    table: Sequence[Rule] | None,
     expected: Mapping[str, tuple[int, ...]],
     *,
     ignore: Iterable[str] = (),
@@ -153,9 +156,11 @@ def plan_import(
 ) -> tuple[dict[str, tuple[str, Rule]], list[str]]:
     """Check names and shapes without reading tensors.
 
+    ``table=None`` means the checkpoint already uses our names (adapt's native format).
     Returns ``(plan, missing_allowed)`` where ``plan`` maps our path -> (hf key, rule) and
     ``missing_allowed`` lists our leaves absent from the checkpoint but matching ``allow_missing``
-    (new heads the caller initialises). Raises :class:`CheckpointMismatchError` listing every
+    (new heads the caller initialises; also head leaves whose shape changed, e.g. another
+    ``num_labels``). Raises :class:`CheckpointMismatchError` listing every
     problem at once.
     """
     ignore_res = [re.compile(p) for p in ignore]
@@ -163,13 +168,15 @@ def plan_import(
     plan: dict[str, tuple[str, Rule]] = {}
     unexpected, misshaped = [], []
     for hf_key, hf_shape in hf_shapes.items():
-        hit = _match(table, hf_key, "hf_to_ours")
+        hit = (_SAME_NAME, hf_key) if table is None else _match(table, hf_key, "hf_to_ours")
         if hit is None or hit[1] not in expected:
             if not any(r.fullmatch(hf_key) for r in ignore_res):
                 unexpected.append(f"{hf_key} {list(hf_shape)}")
             continue
         rule, path = hit
         got = _shape(rule.transform, hf_shape)
+        if tuple(got) != tuple(expected[path]) and any(r.fullmatch(path) for r in allow_res):
+            continue  # a head re-sized for a new task (e.g. num_labels changed): initialise anew
         if tuple(got) != tuple(expected[path]):
             misshaped.append(
                 f"{hf_key} {list(hf_shape)} -> {path}: converts to {list(got)}, "
@@ -200,7 +207,7 @@ def plan_import(
 
 def import_tensors(
     hf_tensors: Mapping[str, np.ndarray],
-    table: Sequence[Rule],
+    table: Sequence[Rule] | None,
     expected: Mapping[str, tuple[tuple[int, ...], np.dtype]],
     *,
     ignore: Iterable[str] = (),

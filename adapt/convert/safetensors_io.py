@@ -164,7 +164,8 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
         return sum(v.end - v.start for v in self.infos.values())
 
 
-def _write_file(path: Path, tensors: Mapping[str, np.ndarray], metadata: dict | None) -> None:
+def write_file(path: Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None) -> None:
+    """Write one safetensors file atomically (a temp file renamed into place)."""
     header: dict = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -207,7 +208,7 @@ def save_safetensors(
     metadata = {"format": "pt", **(metadata or {})}
     sizes = {k: np.asarray(v).nbytes for k, v in tensors.items()}
     if max_shard_bytes is None or sum(sizes.values()) <= max_shard_bytes:
-        _write_file(directory / SINGLE_FILE, tensors, metadata)
+        write_file(directory / SINGLE_FILE, tensors, metadata)
         return [directory / SINGLE_FILE]
     shards: list[list[str]] = [[]]
     used = 0
@@ -220,7 +221,7 @@ def save_safetensors(
     paths, weight_map = [], {}
     for i, names in enumerate(shards):
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        _write_file(directory / fname, {n: tensors[n] for n in names}, metadata)
+        write_file(directory / fname, {n: tensors[n] for n in names}, metadata)
         weight_map.update(dict.fromkeys(names, fname))
         paths.append(directory / fname)
     index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
