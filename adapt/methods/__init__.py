@@ -1,0 +1,86 @@
+"""Adaptation methods, each attachable to any model by module path (see :mod:`.base`).
+
+``build(name, family, **options)`` makes a method from a config; ``METHODS`` lists the names.
+Recipes that only choose what trains (linear probe, full/partial fine-tuning, BitFit, gradual
+unfreezing, LP-FT) and WiSE-FT live in :mod:`.recipes`; EWC and L2-SP in :mod:`.regularizers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapt.methods.adapters import BottleneckAdapter
+from adapt.methods.base import Method, MethodError, apply, init, merge_all, rules_for
+from adapt.methods.ia3 import IA3
+from adapt.methods.lora import LoRA
+from adapt.methods.prompts import PrefixTuning, PromptTuning, PTuningV2
+
+# LoRA targets per family when none are given: the attention query and value projections
+# (Hu et al.'s default, and PEFT's for BERT and LLaMA).
+LORA_TARGETS = {
+    "bert": r".*attention/self/(query|value)",
+    "vit": r".*attention/attention/(query|value)",
+    "llama": r".*self_attn/(q_proj|v_proj)",
+}
+ALL_LINEAR = {  # QLoRA's recipe: every linear layer of the blocks
+    "bert": r".*layer_\d+/.*(query|key|value|dense)",
+    "vit": r".*layer_\d+/.*(query|key|value|dense)",
+    "llama": r".*layers_\d+/.*_proj",
+}
+
+
+def _family_default(table: dict, family: str, what: str) -> str:
+    if family not in table:
+        raise MethodError(f"no default {what} for family {family!r}; pass targets explicitly")
+    return table[family]
+
+
+def build(name: str, family: str, **options: Any) -> Method:
+    """A method by name, with family defaults for its targets."""
+    if name in ("lora", "rslora", "dora"):
+        targets = options.pop("targets", None) or _family_default(
+            LORA_TARGETS, family, "LoRA targets"
+        )
+        if targets == "all_linear":
+            targets = _family_default(ALL_LINEAR, family, "linear layers")
+        return LoRA(
+            targets,
+            rslora=name == "rslora" or options.pop("rslora", False),
+            dora=name == "dora" or options.pop("dora", False),
+            **options,
+        )
+    if name == "ia3":
+        if "targets" in options:
+            return IA3(options.pop("targets"), options.pop("feedforward", None), **options)
+        return IA3.preset(family, **options)
+    if name == "houlsby":
+        return BottleneckAdapter.houlsby(family, **options)
+    if name == "pfeiffer":
+        return BottleneckAdapter.pfeiffer(family, **options)
+    if name == "prefix":
+        return PrefixTuning(**options)
+    if name == "prompt":
+        return PromptTuning(**options)
+    if name == "ptuning_v2":
+        return PTuningV2(**options)
+    raise MethodError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+
+
+METHODS = ("lora", "rslora", "dora", "ia3", "houlsby", "pfeiffer", "prefix", "prompt", "ptuning_v2")
+
+__all__ = [
+    "METHODS",
+    "BottleneckAdapter",
+    "IA3",
+    "LoRA",
+    "Method",
+    "MethodError",
+    "PTuningV2",
+    "PrefixTuning",
+    "PromptTuning",
+    "apply",
+    "build",
+    "init",
+    "merge_all",
+    "rules_for",
+]

@@ -1,0 +1,88 @@
+"""IA3 (Liu et al. 2022, "(IA)^3"): learned rescaling of keys, values and the FFN intermediate.
+
+Each matched ``nn.Dense`` gets a vector ``ia3_l`` initialised to ones (so the model is unchanged at
+init). As in PEFT, an attention projection scales its *output* (``(x W + b) * l``, shape ``out``)
+and a feed-forward projection scales its *input* (``(x * l) W + b``, shape ``in``): scaling the
+input of the FFN's second linear is scaling the intermediate activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from adapt import paths
+from adapt.methods.base import Method, Rules, compile_targets, module_path
+
+# Presets mirroring PEFT's defaults per family: (targets, feed-forward targets). PEFT matches
+# "output.dense" as a suffix, so for BERT/ViT it also scales the *input* of the attention output
+# projection; we do the same so that adapters exported to PEFT compute the same function.
+PRESETS = {
+    "bert": (r".*attention/self/(key|value)|.*output/dense", r".*output/dense"),
+    "vit": (r".*attention/attention/(key|value)|.*output/dense", r".*output/dense"),
+    "llama": (r".*self_attn/(k_proj|v_proj)|.*mlp/down_proj", r".*mlp/down_proj"),
+}
+
+
+class IA3(Method):
+    name = "ia3"
+
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        feedforward: str | Sequence[str] | None = None,
+        *,
+        param_dtype: Any = jnp.float32,
+    ) -> None:
+        super().__init__()
+        self.targets, self.feedforward = targets, feedforward
+        self.pattern = compile_targets(targets)
+        self.ff_pattern = compile_targets(feedforward) if feedforward else None
+        self.param_dtype = param_dtype
+
+    @classmethod
+    def preset(cls, family: str, **kwargs: Any) -> IA3:
+        targets, ff = PRESETS[family]
+        return cls(targets, ff, **kwargs)
+
+    def describe_targets(self) -> str:
+        return f"targets={self.targets!r}"
+
+    def rules(self) -> Rules:
+        return [(r".*/ia3_l", self.name)]
+
+    def intercept(self, next_fun, args, kwargs, context):
+        mod = context.module
+        if not isinstance(mod, nn.Dense) or context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        path = module_path(context)
+        self.candidates.add(path)
+        if not self.pattern.fullmatch(path):
+            return next_fun(*args, **kwargs)
+        self.matched.add(path)
+        x = args[0] if args else kwargs["inputs"]
+        if self.ff_pattern is not None and self.ff_pattern.fullmatch(path):
+            scale = mod.param("ia3_l", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+            return next_fun(x * scale.astype(x.dtype), *args[1:], **kwargs)
+        y = next_fun(*args, **kwargs)
+        scale = mod.param("ia3_l", nn.initializers.ones, (mod.features,), self.param_dtype)
+        return y * scale.astype(y.dtype)
+
+    def merge(self, params: dict) -> dict:
+        """Fold the scales into the kernels (and biases for output scaling)."""
+
+        flat = dict(paths.flatten(params))
+        for p in [p for p in flat if p.endswith("/ia3_l")]:
+            mod = p[: -len("/ia3_l")]
+            scale = flat.pop(p)
+            kernel = flat[f"{mod}/kernel"]
+            if self.ff_pattern is not None and self.ff_pattern.fullmatch(mod):
+                flat[f"{mod}/kernel"] = (kernel * scale[:, None]).astype(kernel.dtype)
+            else:
+                flat[f"{mod}/kernel"] = (kernel * scale[None, :]).astype(kernel.dtype)
+                if f"{mod}/bias" in flat:
+                    flat[f"{mod}/bias"] = (flat[f"{mod}/bias"] * scale).astype(kernel.dtype)
+        return paths.unflatten(flat)

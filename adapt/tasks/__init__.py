@@ -1,0 +1,1 @@
+"""Tasks: losses and metrics on model outputs (classification, causal LM)."""

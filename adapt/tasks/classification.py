@@ -1,0 +1,49 @@
+"""Sequence/image classification: the loss the train step differentiates, and its metrics."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """Mean softmax cross-entropy in float32; ``weights`` (0/1) drop padded examples of a batch."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    if weights is None:
+        return jnp.mean(losses)
+    weights = weights.astype(jnp.float32)
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (np.asarray(labels), np.asarray(predictions)), 1)
+    return cm
+
+
+def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Accuracy and macro-averaged F1, precision and recall (classes absent from both predictions
+    and labels are left out of the macro average, as scikit-learn does with ``labels=present``)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if predictions.shape != labels.shape or predictions.size == 0:
+        raise ValueError(
+            f"need equal, non-empty shapes; got {predictions.shape} and {labels.shape}"
+        )
+    cm = confusion_matrix(predictions, labels, num_classes)
+    tp = np.diag(cm).astype(np.float64)
+    predicted, actual = cm.sum(0), cm.sum(1)
+    present = (predicted + actual) > 0
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {
+        "accuracy": float(tp.sum() / labels.size),
+        "macro_f1": float(f1[present].mean()),
+        "macro_precision": float(precision[present].mean()),
+        "macro_recall": float(recall[present].mean()),
+    }
