@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from adapt import paths
@@ -138,7 +137,9 @@ def load_pretrained(
         expected,
         ignore=fam.ignore,
         allow_missing=fam.new_head(architecture),
-        convert_leaf=jnp.asarray,
+        # device_put, not jnp.asarray: the reader hands over fresh 64-byte-aligned buffers that
+        # nothing else references, which XLA's CPU client adopts without a copy.
+        convert_leaf=jax.device_put,
     )
     if fresh:
         flat.update(_init_subset(module, inputs, fresh, jax.random.key(0) if rng is None else rng))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from adapt.convert.safetensors_io import aligned_empty
 from adapt.paths import shorten_list
 
 
@@ -35,7 +36,10 @@ class Permute:
     axes: tuple[int, ...]
 
     def to_ours(self, x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(np.transpose(x, self.axes))
+        view = np.transpose(x, self.axes)
+        out = aligned_empty(view.shape, view.dtype)
+        np.copyto(out, view)
+        return out
 
     def to_hf(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.transpose(x, np.argsort(self.axes)))
@@ -238,7 +242,9 @@ def import_tensors(
         arr = _apply(rule.transform, np.asarray(hf_tensors[hf_key]), "to_ours")
         dtype = expected[path][1]
         if arr.dtype != dtype:
-            arr = arr.astype(dtype)
+            arr, src = aligned_empty(arr.shape, dtype), arr
+            np.copyto(arr, src, casting="unsafe")
+            del src
         out[path] = convert_leaf(arr)
     return out, allowed
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from adapt import paths
@@ -65,7 +65,8 @@ def load_native(path: str | os.PathLike, **overrides: Any) -> tuple[Any, dict, A
         ).items()
     }
     reader = SafetensorsReader(path / PARAMS_FILE)
-    flat, _ = mapping.import_tensors(reader, None, expected, convert_leaf=jnp.asarray)
+    # device_put adopts the reader's fresh 64-byte-aligned buffers without a copy (see hf.py).
+    flat, _ = mapping.import_tensors(reader, None, expected, convert_leaf=jax.device_put)
     return module, paths.unflatten(flat), config
 
 
