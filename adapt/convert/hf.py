@@ -85,6 +85,27 @@ def read_config(path: str | os.PathLike) -> dict:
         raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
 
 
+def from_hf_config(hf_config: Mapping | Any, **overrides: Any) -> Any:
+    """adapt's config for a Hugging Face config (a ``config.json`` dict or a transformers
+    config object). Raises :class:`UnsupportedConfigError` naming any field adapt does not
+    implement, instead of silently computing something else."""
+    hf_dict = as_dict(hf_config)
+    return family_for(hf_dict.get("model_type", "<missing>")).config_from_hf(hf_dict, **overrides)
+
+
+def to_hf_config(config: Any, architecture: str) -> dict:
+    """The ``config.json`` dict for ``config`` built as ``architecture``."""
+    return _family_of_architecture(architecture).config_to_hf(config, architecture)
+
+
+def _family_of_architecture(architecture: str) -> Family:
+    for fam in _families():
+        if architecture in fam.architectures:
+            return fam
+    known = sorted(a for f in _families() for a in f.architectures)
+    raise UnsupportedConfigError(f"architecture {architecture!r} is not supported (have: {known})")
+
+
 def abstract_params(module, inputs: tuple) -> dict:
     """Parameter shapes and dtypes without allocating anything."""
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *inputs))
@@ -162,7 +183,7 @@ def save_pretrained(
     max_shard_bytes: int | None = None,
 ) -> Path:
     """Write ``config.json`` + safetensors that ``transformers.AutoModel*.from_pretrained`` loads."""
-    fam = next(f for f in _families() if architecture in f.architectures)
+    fam = _family_of_architecture(architecture)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = to_hf_state_dict(params, config, architecture, fam)
@@ -177,7 +198,9 @@ __all__ = [
     "abstract_params",
     "as_dict",
     "family_for",
+    "from_hf_config",
     "load_pretrained",
     "read_config",
     "save_pretrained",
+    "to_hf_config",
 ]

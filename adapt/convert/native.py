@@ -35,13 +35,12 @@ def is_native(path: str | os.PathLike) -> bool:
 def save_native(
     params: dict, config: Any, directory: str | os.PathLike, *, architecture: str
 ) -> Path:
-    fam = next(f for f in hf._families() if architecture in f.architectures)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     flat = {p: np.asarray(v) for p, v in paths.flatten(params).items()}
     write_file(directory / PARAMS_FILE, flat, {"format": "adapt"})
     (directory / "config.json").write_text(
-        json.dumps(fam.config_to_hf(config, architecture), indent=2, sort_keys=True)
+        json.dumps(hf.to_hf_config(config, architecture), indent=2, sort_keys=True)
     )
     marker = {"format": "adapt", "version": VERSION, "architecture": architecture}
     (directory / MARKER_FILE).write_text(json.dumps(marker, indent=2))
