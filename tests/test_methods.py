@@ -322,3 +322,34 @@ def test_optimizer_groups_reject_unknown_keys_and_missing_groups():
     assert isinstance(
         optim.build({"w": "head"}, {"head": {"lr": 1.0}}, 10), optax.GradientTransformation
     )
+
+
+def test_gradual_unfreezing_trains_through_stages_with_one_compile_each(tiny_bert):
+    from adapt.step import run_stages
+
+    model, params = tiny_bert
+    params = jax.tree.map(jnp.copy, params)
+    stages = recipes.unfreezing_stages(list(paths.flatten(params)), r"classifier/.*", num_layers=2)
+    traces = []
+
+    def loss_fn(p, batch, rng):
+        traces.append(1)  # runs once per trace, i.e. once per compilation
+        logits = model.apply({"params": p}, batch["ids"], batch["mask"])["logits"]
+        return cross_entropy(logits, batch["labels"]), {}
+
+    def make_tx(labels):
+        groups = {lab: {"lr": 1e-2} for lab in set(paths.flatten(labels).values())}
+        return optim.build(labels, groups, total_steps=100)
+
+    batch = {"ids": IDS, "mask": MASK, "labels": LABELS}
+    before = paths.flatten(jax.tree.map(np.asarray, params))
+    out, losses = run_stages(
+        params, stages, [2] * len(stages), loss_fn, make_tx, iter([batch] * 100), jax.random.key(0)
+    )
+    assert len(traces) == len(stages)  # one compilation per stage, none per step
+    assert len(losses) == 2 * len(stages) and losses[-1] < losses[0]
+    after = paths.flatten(out)
+    assert not np.array_equal(
+        before["bert/embeddings/word_embeddings/embedding"],
+        after["bert/embeddings/word_embeddings/embedding"],
+    )
