@@ -26,15 +26,21 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: i
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """Accuracy and macro-averaged F1, precision and recall (classes absent from both predictions
-    and labels are left out of the macro average, as scikit-learn does with ``labels=present``)."""
+    """Accuracy and macro-averaged F1, precision and recall (see :func:`metrics_from_confusion`)."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.shape != labels.shape or predictions.size == 0:
         raise ValueError(
             f"need equal, non-empty shapes; got {predictions.shape} and {labels.shape}"
         )
-    cm = confusion_matrix(predictions, labels, num_classes)
-    tp = np.diag(cm).astype(np.float64)
+    return metrics_from_confusion(confusion_matrix(predictions, labels, num_classes))
+
+
+def metrics_from_confusion(cm: np.ndarray) -> dict:
+    """Accuracy and macro F1/precision/recall from a (true, predicted) count matrix. Classes absent
+    from both predictions and labels are left out of the macro average (scikit-learn's
+    ``labels=present``), so a few-label eval set is not penalised for classes it lacks."""
+    cm = np.asarray(cm, np.float64)
+    tp = np.diag(cm)
     predicted, actual = cm.sum(0), cm.sum(1)
     present = (predicted + actual) > 0
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
@@ -42,8 +48,17 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_clas
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     return {
-        "accuracy": float(tp.sum() / labels.size),
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
         "macro_f1": float(f1[present].mean()),
         "macro_precision": float(precision[present].mean()),
         "macro_recall": float(recall[present].mean()),
     }
+
+
+def batch_confusion(
+    logits: jax.Array, labels: jax.Array, weights: jax.Array, num_classes: int
+) -> jax.Array:
+    """A (true, predicted) count matrix of one batch, weighted (0 for padding rows); jittable."""
+    preds = jnp.argmax(logits, axis=-1)
+    cm = jnp.zeros((num_classes, num_classes), jnp.float32)
+    return cm.at[labels, preds].add(weights.astype(jnp.float32))

@@ -1,0 +1,1 @@
+"""The experiment harness: configs -> data, model, methods -> the sharded training loop."""

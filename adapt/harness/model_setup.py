@@ -1,0 +1,212 @@
+"""From the ``model`` and ``method`` sections of a config to a model, its parameters, the methods
+attached to it and the partition stages that say what trains.
+
+One function per concern: :func:`load_model` (weights: Hugging Face directory, llama2.c file,
+the CIFAR ResNet-20 checkpoint, or a from-scratch init of the same architecture),
+:func:`forward_fn` (how a batch feeds each family), :func:`attach_methods` (method parameters
+and rules) and :func:`stages_for` (the rules of each training stage: one stage for most methods,
+several for gradual unfreezing and LP-FT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from adapt import partition, paths, weights
+from adapt.harness.config import ConfigError, get
+from adapt.methods import METHODS, base, build, recipes
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, None: None}
+HEADS = {  # default regex of each family's task head
+    "bert": r"(classifier|cls|lm_head)/.*",
+    "vit": r"classifier/.*",
+    "resnet": r"(linear|fc)/.*",
+    "llama": None,  # a causal LM keeps its pretrained output layer: no new head to train
+}
+RECIPES = ("full", "linear_probe", "bitfit", "partial", "gradual_unfreezing", "lp_ft", "scratch")
+
+
+@dataclass
+class Model:
+    module: Any
+    params: dict  # base parameters (+ method parameters once attached)
+    model_state: dict  # non-parameter collections (BatchNorm statistics), {} if none
+    family: str
+    config: Any
+    architecture: str | None
+    base_params: dict = field(default_factory=dict)  # as loaded: anchor for L2-SP, fingerprint
+    methods: list = field(default_factory=list)
+
+
+def _dtype(name: str | None):
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {name!r} is not one of {sorted(k for k in DTYPES if k)}")
+    return DTYPES[name]
+
+
+def load_model(cfg: Any, num_labels: int | None, rng: jax.Array) -> Model:
+    """The model named by ``cfg`` (a config's ``model`` section) with a head of ``num_labels``."""
+    kind = get(cfg, "kind", "hf")
+    init = get(cfg, "init", "pretrained")
+    if init not in ("pretrained", "scratch"):
+        raise ConfigError(f"model.init must be 'pretrained' or 'scratch', got {init!r}")
+    overrides = dict(get(cfg, "config", None) or {})
+    dtype = _dtype(get(cfg, "dtype", "float32"))
+    if dtype is not None:
+        overrides["dtype"] = dtype
+    if kind == "hf":
+        from adapt.convert import hf
+
+        path = weights.resolve(get(cfg, "path"))
+        architecture = get(cfg, "architecture")
+        if num_labels is not None and (architecture or "").endswith("Classification"):
+            overrides["num_labels"] = num_labels
+        module, params, config = hf.load_pretrained(
+            path, architecture=architecture, rng=rng, **overrides
+        )
+        family = hf.family_for(hf.read_config(path)["model_type"]).name
+        model_state: dict = {}
+    elif kind == "llama2c":
+        from adapt.convert.llama2c import load_llama2c
+
+        module, params, config = load_llama2c(weights.resolve(get(cfg, "path")), **overrides)
+        family, architecture, model_state = "llama", "LlamaForCausalLM", {}
+    elif kind == "resnet_cifar":
+        from adapt.convert.resnet_cifar import load_resnet20_cifar10
+
+        if num_labels is not None:
+            overrides["num_classes"] = num_labels
+        module, variables, config = load_resnet20_cifar10(
+            weights.resolve(get(cfg, "path")), rng=rng, **overrides
+        )
+        params = variables["params"]
+        model_state = {"batch_stats": variables["batch_stats"]}
+        family, architecture = "resnet", None
+    elif kind == "vit":
+        from adapt.models.vit import ViTConfig, ViTForImageClassification
+
+        if num_labels is not None:
+            overrides["num_labels"] = num_labels
+        config = ViTConfig(**overrides)
+        module = ViTForImageClassification(config)
+        params, model_state = {}, {}
+        family, architecture, init = "vit", "ViTForImageClassification", "scratch"
+    else:
+        raise ConfigError(f"model.kind {kind!r} is not one of hf, llama2c, resnet_cifar, vit")
+    model = Model(module, params, model_state, family, config, architecture)
+    if init == "scratch":
+        variables = jax.jit(lambda r: module.init(r, *dummy_inputs(model)))(rng)
+        model.params = variables["params"]
+        model.model_state = {k: v for k, v in variables.items() if k != "params"}
+    model.base_params = model.params
+    return model
+
+
+def dummy_inputs(model: Model) -> tuple:
+    if model.family in ("bert", "llama"):
+        return (jnp.ones((1, 8), jnp.int32),)
+    cfg = model.config
+    size = getattr(cfg, "image_size", 32)
+    size = size if isinstance(size, tuple | list) else (size, size)
+    channels = getattr(cfg, "num_channels", 3)
+    return (jnp.zeros((1, *size, channels), jnp.float32),)
+
+
+def forward_fn(model: Model, train_batch_stats: bool = True) -> Callable:
+    """``forward(params, model_state, batch, train, rng) -> (outputs, new_model_state)``."""
+    module, methods, family = model.module, model.methods, model.family
+
+    def forward(params, model_state, batch, train, rng):
+        rngs = {"dropout": rng} if train else {}
+        variables = {"params": params, **model_state}
+        if family == "bert":
+            args = (batch["input_ids"],)
+            kwargs = {
+                "attention_mask": batch["attention_mask"],
+                "token_type_ids": batch.get("token_type_ids"),
+                "deterministic": not train,
+            }
+        elif family == "llama":
+            args = (batch["input_ids"],)
+            kwargs = {"attention_mask": batch["attention_mask"], "deterministic": not train}
+        elif family == "vit":
+            args, kwargs = (batch["pixel_values"],), {"deterministic": not train}
+        elif family == "resnet":
+            use_batch = train and train_batch_stats
+            args, kwargs = (batch["pixel_values"],), {"train": use_batch}
+            if use_batch:
+                kwargs["mutable"] = ["batch_stats"]
+        else:  # pragma: no cover - load_model only builds the families above
+            raise ConfigError(f"no forward for family {family!r}")
+        with base.attached(methods):
+            out = module.apply(variables, *args, rngs=rngs, **kwargs)
+        if isinstance(out, tuple):  # (outputs, mutated collections)
+            return out[0], {**model_state, **out[1]}
+        return out, model_state
+
+    return forward
+
+
+def attach_methods(model: Model, method_cfg: Any, rng: jax.Array) -> list[partition.Rules]:
+    """Create method parameters (added to ``model.params``) and return the partition stages."""
+    name = get(method_cfg, "name", "full")
+    options = dict(get(method_cfg, "options", None) or {})
+    if name in METHODS:
+        method = build(name, model.family, **options)
+        model.methods = [method]
+        extra = base.init(
+            model.module,
+            model.params,
+            [method],
+            rng,
+            *dummy_inputs(model),
+            variables={"params": model.params, **model.model_state},
+        )
+        model.params = partition.merge(model.params, extra)
+    elif name not in RECIPES:
+        raise ConfigError(f"unknown method {name!r}; choose from {sorted(METHODS + RECIPES)}")
+    return stages_for(model, method_cfg)
+
+
+def stages_for(model: Model, method_cfg: Any) -> list[partition.Rules]:
+    name = get(method_cfg, "name", "full")
+    head = get(method_cfg, "head", None) or HEADS[model.family]
+    names = list(paths.flatten(model.params))
+    if model.methods:
+        stages = [[(head, "head"), *base.rules_for(model.methods), (".*", None)]]
+    elif name in ("full", "scratch"):
+        stages = [recipes.full_finetune(head)]
+    elif name == "linear_probe":
+        stages = [recipes.linear_probe(head)]
+    elif name == "bitfit":
+        stages = [recipes.bitfit(head)]
+    elif name == "partial":
+        trainable = get(method_cfg, "trainable")
+        if not trainable:
+            raise ConfigError("method 'partial' needs method.trainable, a regex of leaves to train")
+        stages = [recipes.partial_finetune(head, trainable)]
+    elif name == "lp_ft":
+        stages = recipes.lp_ft(head)
+    elif name == "gradual_unfreezing":
+        stages = recipes.unfreezing_stages(names, head, _num_layers(model))
+    else:
+        raise ConfigError(f"unknown method {name!r}")
+    if head is None:  # no head: drop the head rules the recipes put first
+        stages = [[(p, lab) for p, lab in rules if p is not None] for rules in stages]
+        if name == "linear_probe":
+            raise ConfigError(f"a linear probe needs a head; {model.family} models have none here")
+    return stages
+
+
+def _num_layers(model: Model) -> int:
+    for attr in ("num_hidden_layers",):
+        if hasattr(model.config, attr):
+            return int(getattr(model.config, attr))
+    raise ConfigError(
+        f"gradual unfreezing needs a layered model; {model.family} has no layer count"
+    )

@@ -1,0 +1,217 @@
+"""The experiment harness end to end: configs' smoke runs, meshes, resume, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import pytest
+
+from adapt.checkpoint import WorkdirMismatchError
+from adapt.data import DataError
+from adapt.harness.config import ConfigError
+from adapt.harness.loop import load_config_file, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(path, arg="smoke"):
+    return load_config_file(str(REPO / path), arg)
+
+
+def _losses(workdir):
+    rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def _snapshot(path: Path):
+    if not path.exists():
+        return None
+    return sorted(
+        (str(p.relative_to(path)), p.stat().st_mtime_ns, p.stat().st_size) for p in path.rglob("*")
+    )
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    monkeypatch.chdir(REPO)  # configs name vendored data relative to the repo root
+
+
+# ------------------------------------------------------------------------------- smoke runs
+@pytest.mark.parametrize(
+    "path, arg",
+    [
+        ("configs/glue/sst2_minilm.py", "smoke"),
+        ("configs/glue/banking77_minilm.py", "smoke"),
+        ("configs/vision/fmnist_resnet20.py", "smoke"),
+        ("configs/vision/fmnist_vit.py", "smoke"),
+        ("configs/llm/stories_lora.py", "smoke"),
+    ],
+)
+def test_config_smoke_runs_end_to_end(tmp_path, path, arg):
+    results = run(_config(path, arg), tmp_path)
+    assert results["steps"] == 4
+    for name in ("results.json", "metrics.jsonl", "learning_curves.png", "config.json"):
+        assert (tmp_path / name).exists(), name
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    if "accuracy" in results["eval"]:
+        assert 0.0 <= results["eval"]["accuracy"] <= 1.0
+    else:
+        assert 1.0 < results["eval"]["perplexity"] < 512  # below uniform over the vocabulary
+    assert results["eval"]["loss"] == pytest.approx(results["eval"]["loss"])  # not NaN
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method",
+    ["full", "linear_probe", "bitfit", "dora", "ia3", "houlsby", "pfeiffer", "prefix", "prompt",
+     "ptuning_v2", "gradual_unfreezing", "lp_ft", "scratch"],
+)  # fmt: skip
+def test_every_method_smoke_on_sst2(tmp_path, method):
+    results = run(_config("configs/glue/sst2_minilm.py", f"method={method},smoke"), tmp_path)
+    assert results["method"] == method and results["steps"] == 4
+    assert 0 < results["trainable_params"] <= results["total_params"]
+
+
+def test_vit_transfer_from_an_adapt_pretrained_export(tmp_path):
+    pre = tmp_path / "pre"
+    run(_config("configs/vision/fmnist_vit.py", "stage=pretrain,smoke"), pre)
+    assert (pre / "export_hf" / "config.json").exists()
+    arg = f"stage=transfer,method=lora,pretrained={pre / 'export_hf'},smoke"
+    results = run(_config("configs/vision/fmnist_vit.py", arg), tmp_path / "transfer")
+    assert results["trainable_pct"] < 20
+
+
+# --------------------------------------------------------------------------------- meshes
+@pytest.mark.slow
+def test_one_device_and_eight_device_meshes_give_the_same_losses(tmp_path):
+    assert jax.device_count() == 8
+    losses = {}
+    for name, axes, rules in [
+        ("single", [("data", 1)], "dp"),
+        ("dp8", [("data", 8)], "dp"),
+        ("fsdp8", [("data", 8)], "fsdp"),
+    ]:
+        cfg = _config("configs/llm/stories_lora.py", "method=full,smoke")
+        cfg.train.steps, cfg.train.batch_size, cfg.train.log_every = 8, 8, 1
+        cfg.checkpoint.every = 100
+        cfg.mesh.axes, cfg.mesh.rules = axes, rules
+        run(cfg, tmp_path / name)
+        losses[name] = _losses(tmp_path / name)
+    assert len(losses["single"]) == 8
+    for name in ("dp8", "fsdp8"):
+        assert max(abs(a - b) for a, b in zip(losses["single"], losses[name], strict=True)) < 1e-5
+
+
+# --------------------------------------------------------------------------- bad input
+def test_unknown_config_key_is_named(tmp_path):
+    cfg = _config("configs/glue/sst2_minilm.py")
+    cfg.unlock()
+    cfg.train.stpes = 3
+    with pytest.raises(ConfigError, match="train.stpes"):
+        run(cfg, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda c: c.data.update(source="third_party/sst2_missing"), DataError, "sst2_missing"),
+        (lambda c: c.data.update(text_column="sentense"), DataError, "sentense"),
+        (lambda c: c.data.update(label_column="polarity"), DataError, "polarity"),
+        (lambda c: c.data.update(label_names=["negative"]), DataError, "label"),
+        (lambda c: c.data.update(max_examples=0), DataError, "empty|no examples|0"),
+    ],
+    ids=[
+        "missing-file",
+        "missing-text-column",
+        "missing-label-column",
+        "label-outside-map",
+        "empty",
+    ],
+)
+def test_bad_data_config_errors_and_writes_nothing(tmp_path, change, error, match):
+    cfg = _config("configs/glue/sst2_minilm.py")
+    change(cfg)
+    before = _snapshot(REPO / "third_party")
+    with pytest.raises(error, match=match):
+        run(cfg, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+    assert _snapshot(REPO / "third_party") == before
+
+
+def test_images_of_the_wrong_shape(tmp_path):
+    cfg = _config("configs/vision/fmnist_resnet20.py")
+    cfg.data.image_shape = (32, 32)
+    with pytest.raises(DataError, match="shape"):
+        run(cfg, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_workdir_of_another_experiment_is_refused_untouched(tmp_path):
+    run(_config("configs/llm/stories_lora.py"), tmp_path)
+    before = _snapshot(tmp_path)
+    other = _config("configs/llm/stories_lora.py")
+    other.optim.groups.lora.lr = 1e-2
+    with pytest.raises(WorkdirMismatchError, match="config"):
+        run(other, tmp_path)
+    assert _snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- resume
+def _finetune(workdir, *extra, wait=True):
+    cmd = [
+        sys.executable, "-m", "experiments.finetune",
+        "--config=configs/llm/stories_lora.py:method=full,smoke",
+        f"--workdir={workdir}",
+        "--config.train.steps=12", "--config.train.log_every=1", "--config.checkpoint.every=4",
+        *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    if wait:
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_step(workdir, step, proc, timeout=240):
+    deadline = time.time() + timeout
+    path = Path(workdir) / "metrics.jsonl"
+    while time.time() < deadline:
+        if path.exists() and any(
+            json.loads(line)["step"] >= step
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError("run did not reach the step in time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_killed_run_resumes_with_the_same_losses(tmp_path, sig):
+    reference = tmp_path / "ref"
+    _finetune(reference)
+    ref_losses = _losses(reference)
+    assert len(ref_losses) == 12
+
+    workdir = tmp_path / "killed"
+    proc = _finetune(workdir, wait=False)
+    _wait_for_step(workdir, 6, proc)  # past the step-4 checkpoint, before step 8
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and max(steps) < 12
+    _finetune(workdir)
+    assert _losses(workdir) == ref_losses  # bit for bit on CPU
+    assert json.loads((workdir / "results.json").read_text())["steps"] == 12
