@@ -49,4 +49,6 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - huggingface_hub comes with transformers
         raise FileNotFoundError(f"{name!r} is not a local path") from e
-    return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    return Path(
+        snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+    )
