@@ -129,6 +129,12 @@ class Checkpointer:
         self.fingerprint = dict(fingerprint)
         self.config = jsonable(dict(config), where="config") if config is not None else None
         self._check_existing()  # reads only; raises before anything below writes
+        if jax.process_count() > 1:
+            # Every process must finish looking before any creates the directory, or a slow
+            # process would see another's fresh directory and take a different code path.
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("adapt.Checkpointer:checked")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,

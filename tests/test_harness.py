@@ -215,3 +215,47 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, sig):
     _finetune(workdir)
     assert _losses(workdir) == ref_losses  # bit for bit on CPU
     assert json.loads((workdir / "results.json").read_text())["steps"] == 12
+
+
+@pytest.mark.slow
+def test_two_processes_reproduce_the_single_process_losses(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = [
+        sys.executable, "-m", "experiments.finetune",
+        "--config=configs/llm/stories_lora.py:method=full,smoke",
+        "--config.train.steps=6", "--config.train.log_every=1", "--config.checkpoint.every=3",
+    ]  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    single = subprocess.run(
+        [*common, f"--workdir={tmp_path / 'single'}", "--cpu_devices=8"],
+        cwd=REPO, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    procs = [
+        subprocess.Popen(
+            [
+                *common,
+                f"--workdir={tmp_path / 'multi'}",
+                "--cpu_devices=4",
+                f"--coordinator=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    a, b = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
+    assert len(a) == 6
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5

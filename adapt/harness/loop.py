@@ -254,7 +254,7 @@ def run(config: Any, workdir: str | Path) -> dict:
                 if stop:
                     stopped_early = True
                     break
-            model.params = partition.merge(jax.device_get(state["trainable"]), frozen_full)
+            model.params = partition.merge(_to_host(state["trainable"]), frozen_full)
             model.model_state = state["model_state"]
             stage_start = stage_end
             if stopped_early:
@@ -287,6 +287,18 @@ def run(config: Any, workdir: str | Path) -> dict:
         plot_learning_curves(workdir / "metrics.jsonl", workdir / "learning_curves.png")
         _export(config, model, workdir)
     return results
+
+
+def _to_host(tree: Any) -> Any:
+    """Host copies of (possibly multi-process sharded) arrays, identical on every process."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)
 
 
 def _export(config: Any, model: Model, workdir: Path) -> None:
