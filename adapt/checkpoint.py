@@ -123,7 +123,7 @@ class Checkpointer:
             raise ValueError(
                 f"fingerprint needs keys 'config' and 'base', got {sorted(fingerprint)}"
             )
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).absolute()  # orbax requires absolute paths
         self.directory = self.workdir / "checkpoints"
         self.every = every
         self.fingerprint = dict(fingerprint)

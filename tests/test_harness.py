@@ -259,3 +259,56 @@ def test_two_processes_reproduce_the_single_process_losses(tmp_path):
     a, b = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
     assert len(a) == 6
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    from adapt.train import NonFiniteLossError
+
+    cfg = _config("configs/llm/stories_lora.py", "method=full,smoke")
+    cfg.train.steps, cfg.checkpoint.every = 8, 2
+    cfg.optim.default.lr = 1e6  # diverges within a few steps
+    cfg.optim.groups.backbone.lr = 1e6
+    with pytest.raises(NonFiniteLossError, match="non-finite at step"):
+        run(cfg, tmp_path)
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and max(steps) < 8
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_evaluate_and_sweep_entry_points(tmp_path):
+    from adapt.harness.loop import evaluate_workdir
+    from adapt.harness.sweep import run_sweep
+
+    run(_config("configs/llm/stories_lora.py"), tmp_path / "run")
+    again = evaluate_workdir(tmp_path / "run")
+    final = json.loads((tmp_path / "run" / "results.json").read_text())["eval"]
+    assert again["step"] == 4
+    assert again["eval"]["loss"] == pytest.approx(final["loss"], rel=1e-6)
+
+    import ml_collections
+
+    sweep = ml_collections.ConfigDict(
+        dict(
+            name="tiny",
+            base="configs/llm/stories_lora.py",
+            grid={"method": ["lora", "full"], "seed": [0, 1]},
+            fixed={"smoke": True},
+            group_by=["method"],
+            metrics=["perplexity"],
+            plot={"x": "method", "series": "method", "y": "perplexity"},
+        )
+    )
+    summary = run_sweep(sweep, tmp_path / "sweep", tmp_path / "out")
+    assert [s["runs"] for s in summary] == [2, 2]
+    for name in ("runs.csv", "summary.csv", "summary.md", "plot.png"):
+        assert (tmp_path / "out" / name).exists()
+    before = (tmp_path / "out" / "runs.csv").read_text()
+    run_sweep(sweep, tmp_path / "sweep", tmp_path / "out")  # resumable: nothing re-runs
+    assert (tmp_path / "out" / "runs.csv").read_text() == before
+
+
+def test_relative_workdir(tmp_path):
+    rel = os.path.relpath(tmp_path / "rel", REPO)  # cwd is the repo (fixture)
+    assert not os.path.isabs(rel)
+    results = run(_config("configs/llm/stories_lora.py"), rel)
+    assert results["steps"] == 4 and (tmp_path / "rel" / "checkpoints").is_dir()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,24 +116,73 @@ def _stage_steps(config: Any, num_stages: int) -> list[int]:
     return [base + (i < extra) for i in range(num_stages)]
 
 
-def run(config: Any, workdir: str | Path) -> dict:
-    """Train and evaluate as ``config`` says, in ``workdir``; returns the final results."""
+@dataclass
+class Experiment:
+    """Everything a config builds before training: what :func:`run` and
+    :func:`evaluate_workdir` share."""
+
+    config: Any
+    task: str
+    seed: int
+    data: Data
+    model: Model
+    stages: list
+    steps_per_stage: list[int]
+    mesh: Any
+    shard_rules: list
+    forward: Any
+    loss_fn: Any
+    rng_train: jax.Array
+
+
+def build(config: Any) -> Experiment:
     cfg_lib.check(config)
-    workdir = Path(workdir)
-    config_dict = jsonable(cfg_lib.to_dict(config))
     seed = int(get(config, "seed", 0))
     task = get(config, "task", "classification")
     if task not in ("classification", "causal_lm"):
         raise ConfigError(f"task must be 'classification' or 'causal_lm', got {task!r}")
     rng_model, rng_method, rng_train = jax.random.split(jax.random.key(seed), 3)
     mesh = sharding.make_mesh([tuple(a) for a in get(config.get("mesh"), "axes", [("data", -1)])])
-    shard_rules = _mesh_rules(config)
-
     data: Data = load_data(config.data, seed=seed, model_path=get(config.model, "path"))
     model: Model = load_model(config.model, data.num_labels, rng_model)
     stages = attach_methods(model, config.get("method"), rng_method)
-    steps_per_stage = _stage_steps(config, len(stages))
+    forward = forward_fn(model, bool(get(config.model, "train_batch_stats", True)))
+    return Experiment(
+        config, task, seed, data, model, stages, _stage_steps(config, len(stages)), mesh,
+        _mesh_rules(config), forward, _loss_fn(task, forward, data.num_labels), rng_train,
+    )  # fmt: skip
 
+
+def stage_trainer(exp: Experiment, rules: Any) -> tuple[Trainer, dict, dict, dict]:
+    """``(trainer, trainable, frozen_on_mesh, frozen_host)`` for one stage's partition."""
+    config = exp.config
+    labels = partition.label(exp.model.params, rules)
+    trainable, frozen_full = partition.split(exp.model.params, labels)
+    tl = partition.trainable_labels(labels)
+    total = sum(exp.steps_per_stage)
+    tx = optim.build(tl, _group_specs(config, set(paths.flatten(tl).values())), total)
+    trainer = Trainer(
+        exp.loss_fn, tx, exp.mesh, exp.shard_rules,
+        grad_accum=int(get(config.train, "grad_accum", 1)),
+        remat=get(config.train, "remat", "none"),
+    )  # fmt: skip
+    frozen_dtype = get(config.model, "frozen_dtype", None)
+    frozen = place_frozen(
+        frozen_full,
+        exp.mesh,
+        exp.shard_rules,
+        dtype=jnp.dtype(frozen_dtype) if frozen_dtype else None,
+    )
+    return trainer, trainable, frozen, frozen_full
+
+
+def run(config: Any, workdir: str | Path) -> dict:
+    """Train and evaluate as ``config`` says, in ``workdir``; returns the final results."""
+    workdir = Path(workdir)
+    config_dict = jsonable(cfg_lib.to_dict(config))
+    exp = build(config)
+    data, model, stages, steps_per_stage = exp.data, exp.model, exp.stages, exp.steps_per_stage
+    task, seed, mesh, forward, rng_train = exp.task, exp.seed, exp.mesh, exp.forward, exp.rng_train
     fingerprint = {
         "config": config_fingerprint(config_dict),
         "base": params_fingerprint(model.base_params),
@@ -154,9 +204,6 @@ def run(config: Any, workdir: str | Path) -> dict:
     eval_bs = int(get(train_cfg, "eval_batch_size", batch_size))
     log_every = int(get(train_cfg, "log_every", 10))
     eval_every = int(get(train_cfg, "eval_every", 0) or 0)
-    frozen_dtype = get(config.model, "frozen_dtype", None)
-    forward = forward_fn(model, bool(get(config.model, "train_batch_stats", True)))
-    loss_fn = _loss_fn(task, forward, data.num_labels)
 
     batches = train_batches(
         data.train,
@@ -179,25 +226,8 @@ def run(config: Any, workdir: str | Path) -> dict:
             if stage_end <= start:
                 stage_start = stage_end
                 continue
-            labels = partition.label(model.params, rules)
-            trainable, frozen_full = partition.split(model.params, labels)
+            trainer, trainable, frozen, frozen_full = stage_trainer(exp, rules)
             trainable_count = partition.count(trainable)
-            tl = partition.trainable_labels(labels)
-            tx = optim.build(tl, _group_specs(config, set(paths.flatten(tl).values())), total)
-            trainer = Trainer(
-                loss_fn,
-                tx,
-                mesh,
-                shard_rules,
-                grad_accum=int(get(train_cfg, "grad_accum", 1)),
-                remat=get(train_cfg, "remat", "none"),
-            )
-            frozen = place_frozen(
-                frozen_full,
-                mesh,
-                shard_rules,
-                dtype=jnp.dtype(frozen_dtype) if frozen_dtype else None,
-            )
             if start > stage_start:
                 abstract = trainer.abstract_state(
                     trainable, model.model_state, jax.random.key_data(rng_train)
@@ -289,6 +319,50 @@ def run(config: Any, workdir: str | Path) -> dict:
     return results
 
 
+def evaluate_workdir(workdir: str | Path, data_overrides: Mapping[str, Any] | None = None) -> dict:
+    """Evaluate the newest checkpoint of a run on its eval set, or on another split/source of
+    the same label set (``data_overrides``, e.g. ``{"eval_split": "test"}``)."""
+    import ml_collections
+
+    workdir = Path(workdir)
+    if not (workdir / "config.json").exists():
+        raise FileNotFoundError(f"{workdir} has no config.json; is it a run's workdir?")
+    original = json.loads((workdir / "config.json").read_text())
+    config = ml_collections.ConfigDict(original)
+    for key, value in (data_overrides or {}).items():
+        config.data[key] = value
+    exp = build(config)
+    fingerprint = {
+        "config": config_fingerprint(original),
+        "base": params_fingerprint(exp.model.base_params),
+    }
+    ckpt = Checkpointer(workdir, every=1, keep=2, fingerprint=fingerprint, config=original)
+    step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{workdir} holds no checkpoint to evaluate")
+    bounds = np.cumsum(exp.steps_per_stage)
+    stage = min(int(np.searchsorted(bounds, step, side="left")), len(exp.stages) - 1)
+    trainer, trainable, frozen, frozen_full = stage_trainer(exp, exp.stages[stage])
+    abstract = trainer.abstract_state(
+        trainable, exp.model.model_state, jax.random.key_data(exp.rng_train)
+    )
+    state, _ = ckpt.restore(abstract, step=step)
+    ckpt.close()
+    params = partition.merge(state["trainable"], frozen)
+    eval_bs = int(get(config.train, "eval_batch_size", config.train.batch_size))
+    metrics = evaluate(
+        exp.task,
+        exp.forward,
+        params,
+        state["model_state"],
+        exp.data.eval,
+        eval_bs,
+        exp.mesh,
+        exp.data.num_labels,
+    )
+    return {"step": step, "eval": metrics, "data": dict(data_overrides or {})}
+
+
 def _to_host(tree: Any) -> Any:
     """Host copies of (possibly multi-process sharded) arrays, identical on every process."""
     from jax.experimental import multihost_utils
@@ -325,7 +399,15 @@ def _export(config: Any, model: Model, workdir: Path) -> None:
 def load_config_file(path: str, arg: str | None = None) -> Mapping:
     """Import ``get_config(arg)`` from a config file (used by tests and the sweep)."""
     import importlib.util
+    import sys
 
+    resolved = Path(path).resolve()
+    for (
+        parent
+    ) in resolved.parents:  # configs import siblings as configs.<...>: put their root on the path
+        if parent.name == "configs" and str(parent.parent) not in sys.path:
+            sys.path.insert(0, str(parent.parent))
+            break
     spec = importlib.util.spec_from_file_location("adapt_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,0 +1,123 @@
+"""The Trainer on a toy model: sharding rules, gradient accumulation, remat, the NaN guard."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adapt import optim, partition, sharding
+from adapt.train import NonFiniteLossError, Trainer, check_finite
+
+PARAMS = {
+    "enc": {
+        "layer_0": {
+            "dense": {"kernel": jnp.full((8, 16), 0.1), "bias": jnp.zeros(16)},
+            "output": {"dense": {"kernel": jnp.full((16, 8), 0.05), "bias": jnp.zeros(8)}},
+        },
+        "embeddings": {"word": {"embedding": jnp.full((32, 8), 0.02)}},
+    },
+    "head": {"kernel": jnp.full((8, 4), 0.1), "bias": jnp.zeros(4)},
+}
+
+
+def loss_fn(p, model_state, batch, rng):
+    layer = p["enc"]["layer_0"]
+    x = p["enc"]["embeddings"]["word"]["embedding"][batch["ids"]].mean(1)
+    h = jnp.tanh(x @ layer["dense"]["kernel"] + layer["dense"]["bias"])
+    h = h @ layer["output"]["dense"]["kernel"] + layer["output"]["dense"]["bias"] + x
+    logits = h @ p["head"]["kernel"] + p["head"]["bias"]
+    logp = jax.nn.log_softmax(logits)
+    loss = -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], 1)) * batch["scale"][0]
+    return loss, ({}, model_state)
+
+
+def _setup(mesh_axes=(("data", -1),), rules=(), **kwargs):
+    mesh = sharding.make_mesh(list(mesh_axes))
+    labels = partition.label(PARAMS, [("head/.*", "head"), (".*", "backbone")])
+    tl = partition.trainable_labels(labels)
+    tx = optim.build(tl, {"head": {"lr": 0.1}, "backbone": {"lr": 0.05, "weight_decay": 0.01}}, 100)
+    trainer = Trainer(loss_fn, tx, mesh, list(rules), **kwargs)
+    trainable, frozen = partition.split(PARAMS, labels)
+    state = trainer.init_state(
+        jax.tree.map(jnp.copy, trainable), {}, jax.random.key_data(jax.random.key(0))
+    )
+    return trainer, state, frozen
+
+
+def _batches(n=4, size=16):
+    rng = np.random.default_rng(0)
+    return [
+        {
+            "ids": rng.integers(0, 32, (size, 5)),
+            "y": rng.integers(0, 4, size),
+            "scale": np.ones(size, np.float32),
+        }
+        for _ in range(n)
+    ]
+
+
+def _losses(trainer, state, frozen, batches):
+    out = []
+    for b in batches:
+        state, m = trainer.step(state, frozen, b)
+        out.append(float(m["loss"]))
+    return out, state
+
+
+def test_logical_axis_rules_shard_as_documented():
+    mesh = sharding.make_mesh([("data", 4), ("model", 2)])
+    specs = {
+        p: s.spec
+        for p, s in partition.paths.flatten(
+            sharding.param_shardings(PARAMS, mesh, sharding.RULE_PRESETS["fsdp_tp"])
+        ).items()
+    }
+    assert specs["enc/layer_0/dense/kernel"] == jax.sharding.PartitionSpec("data", "model")
+    assert specs["enc/layer_0/output/dense/kernel"] == jax.sharding.PartitionSpec("model", "data")
+    assert specs["enc/embeddings/word/embedding"] == jax.sharding.PartitionSpec("model", "data")
+    assert specs["enc/layer_0/dense/bias"] == jax.sharding.PartitionSpec(None)
+    with pytest.raises(ValueError, match="not in"):
+        sharding.param_shardings(PARAMS, mesh, [("embed", "fsdp")])
+    with pytest.raises(ValueError, match="needs 16 devices"):
+        sharding.make_mesh([("data", 8), ("model", 2)])
+
+
+def test_sharded_training_matches_single_device():
+    base, _ = _losses(*_setup(mesh_axes=(("data", 1),)), _batches())
+    for axes, rules in [((("data", 8),), "fsdp"), ((("data", 4), ("model", 2)), "fsdp_tp")]:
+        trainer, state, frozen = _setup(mesh_axes=axes, rules=sharding.RULE_PRESETS[rules])
+        losses, state = _losses(trainer, state, frozen, _batches())
+        np.testing.assert_allclose(losses, base, atol=1e-6)
+        kernel = state["trainable"]["enc"]["layer_0"]["dense"]["kernel"]
+        assert kernel.sharding.spec[0] == "data"  # born and kept sharded
+        mu = [
+            x for x in jax.tree.leaves(state["opt_state"]) if getattr(x, "shape", None) == (8, 16)
+        ]
+        assert mu and all(m.sharding.spec[0] == "data" for m in mu)  # moments sharded like params
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    full, _ = _losses(*_setup(), _batches())
+    accum, _ = _losses(*_setup(grad_accum=4), _batches())
+    np.testing.assert_allclose(accum, full, atol=1e-6)
+
+
+def test_remat_changes_memory_not_results():
+    plain, _ = _losses(*_setup(), _batches())
+    remat, _ = _losses(*_setup(remat="full"), _batches())
+    np.testing.assert_allclose(remat, plain, atol=1e-6)
+
+
+def test_a_non_finite_step_changes_nothing_and_is_reported():
+    trainer, state, frozen = _setup()
+    good = _batches(1)[0]
+    state, _ = trainer.step(state, frozen, good)
+    before = jax.tree.map(np.asarray, state)
+    bad = {**good, "scale": np.full(16, np.nan, np.float32)}
+    state, metrics = trainer.step(state, frozen, bad)
+    with pytest.raises(NonFiniteLossError, match="step 2"):
+        check_finite(metrics, 2)
+    for a, b in zip(
+        jax.tree.leaves(before), jax.tree.leaves(jax.tree.map(np.asarray, state)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
