@@ -312,3 +312,15 @@ def test_relative_workdir(tmp_path):
     assert not os.path.isabs(rel)
     results = run(_config("configs/llm/stories_lora.py"), rel)
     assert results["steps"] == 4 and (tmp_path / "rel" / "checkpoints").is_dir()
+
+
+def test_layerwise_lr_decay_from_the_config(tmp_path):
+    cfg = _config("configs/glue/sst2_minilm.py", "method=full,smoke")
+    cfg.optim.layerwise_decay = 0.8
+    results = run(cfg, tmp_path)
+    assert results["trainable_pct"] == 100.0
+    cfg.model.kind = "resnet_cifar"  # no layer count: a clear error, not a silent no-op
+    cfg.model.path = "third_party/resnet20_cifar10"
+    cfg.data = _config("configs/vision/fmnist_resnet20.py").data
+    with pytest.raises(ConfigError, match="num_hidden_layers"):
+        run(cfg, tmp_path / "resnet")

@@ -353,3 +353,23 @@ def test_gradual_unfreezing_trains_through_stages_with_one_compile_each(tiny_ber
         before["bert/embeddings/word_embeddings/embedding"],
         after["bert/embeddings/word_embeddings/embedding"],
     )
+
+
+def test_prefix_reparameterisation_folds_into_plain_prefixes(tiny_bert):
+    from adapt.methods.prompts import PrefixTuning
+
+    model, params = tiny_bert
+    train_time = PrefixTuning(num_tokens=3, mlp_hidden=8)
+    extra = base.init(model, params, [train_time], jax.random.key(1), IDS, MASK)
+    assert any(p.endswith("prefix_mlp_kernel") for p in paths.flatten(extra))
+    full = partition.merge(params, _perturb(extra, scale=0.5))  # gates open, MLP non-trivial
+    out = base.apply(model, full, [train_time], IDS, MASK)["logits"]
+    folded = train_time.fold(full)
+    flat = paths.flatten(folded)
+    assert not any("prefix_mlp" in p or "prefix_proj" in p or "prefix_embedding" in p for p in flat)
+    assert flat["bert/encoder/layer_0/attention/self/prefix_key"].shape == (3, 2, 8)
+    serving = PrefixTuning(num_tokens=3, reparam=False)
+    np.testing.assert_allclose(
+        base.apply(model, folded, [serving], IDS, MASK)["logits"], out, atol=1e-5
+    )
+    assert np.abs(out - model.apply({"params": params}, IDS, MASK)["logits"]).max() > 1e-4

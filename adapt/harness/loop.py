@@ -160,7 +160,15 @@ def stage_trainer(exp: Experiment, rules: Any) -> tuple[Trainer, dict, dict, dic
     trainable, frozen_full = partition.split(exp.model.params, labels)
     tl = partition.trainable_labels(labels)
     total = sum(exp.steps_per_stage)
-    tx = optim.build(tl, _group_specs(config, set(paths.flatten(tl).values())), total)
+    decay = get(config.get("optim"), "layerwise_decay", None)
+    multipliers = None
+    if decay:
+        layers = getattr(exp.model.config, "num_hidden_layers", None)
+        if layers is None:
+            raise ConfigError("optim.layerwise_decay needs a model with num_hidden_layers")
+        multipliers = optim.layerwise_multipliers(trainable, int(layers), float(decay))
+    groups = _group_specs(config, set(paths.flatten(tl).values()))
+    tx = optim.build(tl, groups, total, multipliers=multipliers)
     trainer = Trainer(
         exp.loss_fn, tx, exp.mesh, exp.shard_rules,
         grad_accum=int(get(config.train, "grad_accum", 1)),

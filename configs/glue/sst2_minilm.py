@@ -14,7 +14,7 @@ from configs.glue.text_classification import base_config
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, method="lora", steps=1000, train_examples=20000, seed=0, smoke=False)
+    arg = parse_arg(arg, method="lora", steps=800, train_examples=20000, seed=0, smoke=False)
     data = dict(
         kind="text",
         source="third_party/sst2",
