@@ -324,3 +324,13 @@ def test_layerwise_lr_decay_from_the_config(tmp_path):
     cfg.data = _config("configs/vision/fmnist_resnet20.py").data
     with pytest.raises(ConfigError, match="num_hidden_layers"):
         run(cfg, tmp_path / "resnet")
+
+
+@pytest.mark.parametrize("path", ["configs/glue/sst2_minilm.py", "configs/llm/stories_lora.py"])
+def test_bfloat16_compute_tracks_float32(tmp_path, path):
+    reference = run(_config(path), tmp_path / "f32")["eval"]["loss"]
+    cfg = _config(path)
+    cfg.model.dtype = "bfloat16"  # compute; trainable leaves stay float32 (param_dtype)
+    cfg.model.frozen_dtype = "bfloat16"  # frozen base stored in bf16
+    loss = run(cfg, tmp_path / "bf16")["eval"]["loss"]
+    assert loss == pytest.approx(reference, rel=0.05)
