@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from adapt.methods.base import Method, MethodError, Rules, compile_targets, module_path
+from adapt.methods.base import DenseMethod, MethodError, Rules
 from adapt.models.layers import activation
 
 # (attention output projection, FFN output projection) per family.
@@ -25,7 +25,7 @@ SITES = {
 }
 
 
-class BottleneckAdapter(Method):
+class BottleneckAdapter(DenseMethod):
     name = "adapter"
 
     def __init__(
@@ -37,10 +37,9 @@ class BottleneckAdapter(Method):
         init_scale: float = 1e-3,
         param_dtype: Any = jnp.float32,
     ) -> None:
-        super().__init__()
+        super().__init__(targets)
         if bottleneck <= 0:
             raise MethodError(f"adapter bottleneck must be positive, got {bottleneck}")
-        self.targets, self.pattern = targets, compile_targets(targets)
         self.bottleneck, self.act, self.init_scale = bottleneck, activation(act), init_scale
         self.param_dtype = param_dtype
 
@@ -53,22 +52,11 @@ class BottleneckAdapter(Method):
     def pfeiffer(cls, family: str, **kwargs: Any) -> BottleneckAdapter:
         return cls(SITES[family][1], **kwargs)
 
-    def describe_targets(self) -> str:
-        return f"targets={self.targets!r}"
-
     def rules(self) -> Rules:
         return [(r".*/adapter_(down|up)_(kernel|bias)", self.name)]
 
-    def intercept(self, next_fun, args, kwargs, context):
-        mod = context.module
-        if not isinstance(mod, nn.Dense) or context.method_name != "__call__":
-            return next_fun(*args, **kwargs)
-        path = module_path(context)
-        self.candidates.add(path)
-        if not self.pattern.fullmatch(path):
-            return next_fun(*args, **kwargs)
-        self.matched.add(path)
-        y = next_fun(*args, **kwargs)
+    def wrap(self, mod, path, x, dense):
+        y = dense(x)
         d, r, pd = mod.features, self.bottleneck, self.param_dtype
         normal = nn.initializers.normal(self.init_scale)
         w_down = mod.param("adapter_down_kernel", normal, (d, r), pd)

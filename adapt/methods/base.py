@@ -92,6 +92,39 @@ class Method:
         return ""
 
 
+class DenseMethod(Method):
+    """A method that wraps every ``nn.Dense`` whose module path full-matches ``targets``.
+
+    Subclasses implement :meth:`wrap`; the matching, the bookkeeping of matched and candidate
+    paths (for the "matched nothing" error) and the call of the original layer live here once.
+    """
+
+    def __init__(self, targets: str | Sequence[str]) -> None:
+        super().__init__()
+        self.targets = targets
+        self.pattern = compile_targets(targets)
+
+    def describe_targets(self) -> str:
+        return f"targets={self.targets!r}"
+
+    def intercept(self, next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
+        mod = context.module
+        if not isinstance(mod, nn.Dense) or context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        path = module_path(context)
+        self.candidates.add(path)
+        if not self.pattern.fullmatch(path):
+            return next_fun(*args, **kwargs)
+        self.matched.add(path)
+        kwargs = dict(kwargs)
+        x = args[0] if args else kwargs.pop("inputs")
+        return self.wrap(mod, path, x, lambda inputs: next_fun(inputs, *args[1:], **kwargs))
+
+    def wrap(self, mod: nn.Dense, path: str, x: jax.Array, dense: Callable) -> jax.Array:
+        """The matched layer's new output; ``dense(inputs)`` runs the original layer."""
+        raise NotImplementedError
+
+
 @contextlib.contextmanager
 def attached(methods: Sequence[Method]) -> Iterator[None]:
     """Activate the methods' interceptors (outermost first) for the enclosed model calls."""

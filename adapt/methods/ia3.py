@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from adapt import paths
-from adapt.methods.base import Method, Rules, compile_targets, module_path
+from adapt.methods.base import DenseMethod, Rules, compile_targets
 
 # Presets mirroring PEFT's defaults per family: (targets, feed-forward targets). PEFT matches
 # "output.dense" as a suffix, so for BERT/ViT it also scales the *input* of the attention output
@@ -27,7 +27,7 @@ PRESETS = {
 }
 
 
-class IA3(Method):
+class IA3(DenseMethod):
     name = "ia3"
 
     def __init__(
@@ -37,9 +37,8 @@ class IA3(Method):
         *,
         param_dtype: Any = jnp.float32,
     ) -> None:
-        super().__init__()
-        self.targets, self.feedforward = targets, feedforward
-        self.pattern = compile_targets(targets)
+        super().__init__(targets)
+        self.feedforward = feedforward
         self.ff_pattern = compile_targets(feedforward) if feedforward else None
         self.param_dtype = param_dtype
 
@@ -48,26 +47,14 @@ class IA3(Method):
         targets, ff = PRESETS[family]
         return cls(targets, ff, **kwargs)
 
-    def describe_targets(self) -> str:
-        return f"targets={self.targets!r}"
-
     def rules(self) -> Rules:
         return [(r".*/ia3_l", self.name)]
 
-    def intercept(self, next_fun, args, kwargs, context):
-        mod = context.module
-        if not isinstance(mod, nn.Dense) or context.method_name != "__call__":
-            return next_fun(*args, **kwargs)
-        path = module_path(context)
-        self.candidates.add(path)
-        if not self.pattern.fullmatch(path):
-            return next_fun(*args, **kwargs)
-        self.matched.add(path)
-        x = args[0] if args else kwargs["inputs"]
+    def wrap(self, mod, path, x, dense):
         if self.ff_pattern is not None and self.ff_pattern.fullmatch(path):
             scale = mod.param("ia3_l", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-            return next_fun(x * scale.astype(x.dtype), *args[1:], **kwargs)
-        y = next_fun(*args, **kwargs)
+            return dense(x * scale.astype(x.dtype))
+        y = dense(x)
         scale = mod.param("ia3_l", nn.initializers.ones, (mod.features,), self.param_dtype)
         return y * scale.astype(y.dtype)
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from adapt import paths
-from adapt.methods.base import Method, MethodError, Rules, compile_targets, module_path
+from adapt.methods.base import DenseMethod, MethodError, Rules
 
 
 def kaiming_uniform_a_sqrt5(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:
@@ -35,7 +35,7 @@ def kaiming_uniform_a_sqrt5(key: jax.Array, shape: tuple[int, int], dtype=jnp.fl
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-class LoRA(Method):
+class LoRA(DenseMethod):
     """Low-rank adapters on every ``nn.Dense`` whose module path full-matches ``targets``."""
 
     def __init__(
@@ -50,7 +50,7 @@ class LoRA(Method):
         name: str = "lora",
         param_dtype: Any = jnp.float32,
     ) -> None:
-        super().__init__()
+        super().__init__(targets)
         if not isinstance(rank, int) or rank <= 0:
             raise MethodError(f"LoRA rank must be a positive integer, got {rank!r}")
         if alpha <= 0:
@@ -59,8 +59,6 @@ class LoRA(Method):
             raise MethodError(f"LoRA dropout must lie in [0, 1), got {dropout!r}")
         if not name.isidentifier():
             raise MethodError(f"adapter name {name!r} must be an identifier")
-        self.targets = targets
-        self.pattern = compile_targets(targets)
         self.rank, self.alpha, self.dropout = rank, float(alpha), float(dropout)
         self.rslora, self.dora, self.name = rslora, dora, name
         self.param_dtype = param_dtype
@@ -68,9 +66,6 @@ class LoRA(Method):
     @property
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
-
-    def describe_targets(self) -> str:
-        return f"targets={self.targets!r}"
 
     def leaf_names(self) -> tuple[str, ...]:
         names = (f"{self.name}_a", f"{self.name}_b")
@@ -80,17 +75,8 @@ class LoRA(Method):
         return [(f".*/{self.name}_(a|b|magnitude)", self.name)]
 
     # ---------------------------------------------------------------------------- forward
-    def intercept(self, next_fun, args, kwargs, context):
-        mod = context.module
-        if not isinstance(mod, nn.Dense) or context.method_name != "__call__":
-            return next_fun(*args, **kwargs)
-        path = module_path(context)
-        self.candidates.add(path)
-        if not self.pattern.fullmatch(path):
-            return next_fun(*args, **kwargs)
-        self.matched.add(path)
-        x = args[0] if args else kwargs["inputs"]
-        y = next_fun(*args, **kwargs)
+    def wrap(self, mod, path, x, dense):
+        y = dense(x)
         d_in, d_out = x.shape[-1], mod.features
         a = mod.param(
             f"{self.name}_a", kaiming_uniform_a_sqrt5, (d_in, self.rank), self.param_dtype
