@@ -13,9 +13,11 @@ Decisions worth knowing:
   model derives positions from the attention mask, so a padded row continues exactly as it
   would alone.
 - The whole decode is **one** ``jax.jit`` (a ``lax.while_loop``, static shapes), compiled once
-  per (model, methods, batch shape, ``max_new_tokens``, sampling settings); ``temperature`` is
-  a traced value, so changing it does not recompile. The loop **stops early** once every row
-  has produced ``eos_id``; a finished row emits ``pad_id`` from then on.
+  per (model, methods, batch shape, ``max_new_tokens``, cached or not). Greedy or sampling,
+  temperature, top-k, top-p, EOS and padding ids are traced values, so a sweep over them does
+  not recompile (the price: each sampled step sorts the vocabulary once, even without
+  filters; greedy steps take a ``lax.cond`` branch that does not). The loop **stops early**
+  once every row has produced ``eos_id``; a finished row emits ``pad_id`` from then on.
 - With the cache (default) the prompt is prefilled in one call and each step feeds one token;
   ``use_cache=False`` recomputes the whole fixed-size sequence every step: slower, but an
   independent check of the cached path, and the only path for methods that prepend inputs on
@@ -48,57 +50,76 @@ class Generation(NamedTuple):
 
 
 class _Spec(NamedTuple):
-    """Everything that shapes the compiled loop (hashable: a static jit argument). Methods hash
-    by identity, so the same method objects reuse the compiled loop."""
+    """What shapes the compiled loop (a static jit argument; methods hash by identity). Sampling
+    settings, EOS and padding ids are traced values, so changing them does not recompile."""
 
     model: Any
     methods: tuple
     max_new_tokens: int
-    greedy: bool
-    top_k: int | None
-    top_p: float | None
-    eos_id: int | None
-    pad_id: int
     use_cache: bool
-
-
-def top_k_filter(logits: Array, k: int) -> Array:
-    """Set every logit below the ``k``-th largest of its row to ``-inf`` (ties with the k-th
-    are kept, as in HF's ``TopKLogitsWarper``); ``k`` larger than the vocabulary keeps all."""
-    k = min(int(k), logits.shape[-1])
-    kth = jax.lax.top_k(logits, k)[0][..., -1:]
-    return jnp.where(logits < kth, -jnp.inf, logits)
-
-
-def top_p_filter(logits: Array, p: float) -> Array:
-    """Nucleus filter: keep the smallest set of most probable tokens whose probability sums to
-    at least ``p``, set the rest to ``-inf``.
-
-    Computed as HF's ``TopPLogitsWarper``: sort ascending, drop tokens whose cumulative
-    probability is ``<= 1 - p``, always keep the most probable one. The kept set is then a
-    logit threshold, so tokens tied with the least probable kept token are kept too (HF would
-    keep an arbitrary subset of such ties)."""
-    ascending = jnp.sort(logits, axis=-1)
-    cumulative = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
-    drop = cumulative <= 1.0 - p
-    drop = drop.at[..., -1].set(False)
-    threshold = jnp.min(jnp.where(drop, jnp.inf, ascending), axis=-1, keepdims=True)
-    return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
 def process_logits(
     logits: Array,
     temperature: float | Array = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
+    top_k: int | Array | None = None,
+    top_p: float | Array | None = None,
 ) -> Array:
-    """float32 logits scaled by ``1 / temperature``, then top-k, then top-p filtered."""
+    """float32 logits scaled by ``1 / temperature``, then top-k, then top-p filtered (Hugging
+    Face's order); filtered tokens get ``-inf``. ``top_k``/``top_p`` may be traced; ``None``
+    (or ``k >= vocab``, ``p = 1``) disables a filter.
+
+    - top-k keeps the ``k`` largest logits of each row, and any tied with the k-th (as HF's
+      ``TopKLogitsWarper``).
+    - top-p (nucleus) keeps the smallest set of most probable tokens whose probability sums to
+      at least ``p``, computed as HF's ``TopPLogitsWarper`` (drop tokens whose ascending
+      cumulative probability is ``<= 1 - p``; the most probable token always stays). The kept
+      set becomes a logit threshold, so tokens tied with the least probable kept one stay too
+      (HF keeps an arbitrary subset of such ties).
+
+    Both filters share one descending sort of each row."""
     logits = logits.astype(jnp.float32) / jnp.asarray(temperature, jnp.float32)
+    if top_k is None and top_p is None:
+        return logits
+    vocab = logits.shape[-1]
+    rank = jnp.arange(vocab)
+    ordered = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)
     if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None and top_p < 1.0:
-        logits = top_p_filter(logits, top_p)
-    return logits
+        k = jnp.clip(jnp.asarray(top_k, jnp.int32), 1, vocab)
+        ordered = jnp.where(rank < k, ordered, -jnp.inf)
+    if top_p is not None:
+        p = jnp.asarray(top_p, jnp.float32)
+        probs = jax.nn.softmax(ordered, axis=-1)
+        ascending_cumulative = jnp.flip(jnp.cumsum(jnp.flip(probs, -1), axis=-1), -1)
+        drop = (ascending_cumulative <= 1.0 - p) & (rank > 0) & (p < 1.0)
+        ordered = jnp.where(drop, -jnp.inf, ordered)
+    kept = jnp.isfinite(ordered)  # a prefix of each sorted row
+    threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def top_k_filter(logits: Array, k: int | Array) -> Array:
+    """Only the top-k filter of :func:`process_logits` (no temperature)."""
+    return process_logits(logits, 1.0, top_k=k)
+
+
+def top_p_filter(logits: Array, p: float | Array) -> Array:
+    """Only the nucleus (top-p) filter of :func:`process_logits` (no temperature)."""
+    return process_logits(logits, 1.0, top_p=p)
+
+
+def sample_logits(
+    logits: Array,
+    key: Array,
+    *,
+    temperature: float | Array = 1.0,
+    top_k: int | Array | None = None,
+    top_p: float | Array | None = None,
+) -> Array:
+    """One token per row of ``logits`` (B, V), drawn from the :func:`process_logits`
+    distribution with ``key`` (rows draw independently)."""
+    logits = process_logits(logits, temperature, top_k, top_p)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
 def _check_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -154,24 +175,25 @@ def generate(
         if not greedy:
             raise ValueError("sampling needs rng=jax.random.key(seed) (or greedy=True)")
         rng = jax.random.key(0)  # unused by the greedy loop; keeps one signature
-    spec = _Spec(
-        model,
-        tuple(methods),
-        int(max_new_tokens),
-        bool(greedy),
-        None if greedy or top_k is None else int(top_k),
-        None if greedy or top_p is None or top_p >= 1.0 else float(top_p),
-        None if eos_id is None else int(eos_id),
-        int(pad_id),
-        bool(use_cache),
-    )
-    temp = jnp.asarray(1.0 if greedy else temperature, jnp.float32)
-    return _decode(spec, params, input_ids, attention_mask, temp, rng)
+    spec = _Spec(model, tuple(methods), int(max_new_tokens), bool(use_cache))
+    settings = {
+        "greedy": jnp.asarray(greedy),
+        "temperature": jnp.asarray(1.0 if greedy else temperature, jnp.float32),
+        "top_k": jnp.asarray(_NO_TOP_K if top_k is None else top_k, jnp.int32),
+        "top_p": jnp.asarray(1.0 if top_p is None else top_p, jnp.float32),
+        "eos_id": jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),  # -1 never matches
+        "pad_id": jnp.asarray(pad_id, jnp.int32),
+    }
+    return _decode(spec, params, input_ids, attention_mask, settings, rng)
+
+
+_NO_TOP_K = 2**30  # clipped to the vocabulary: keeps every token
 
 
 @partial(jax.jit, static_argnums=0)
-def _decode(spec: _Spec, params, input_ids, attention_mask, temperature, rng) -> Generation:
+def _decode(spec: _Spec, params, input_ids, attention_mask, settings, rng) -> Generation:
     model, n = spec.model, spec.max_new_tokens
+    pad_id, eos_id = settings["pad_id"], settings["eos_id"]
     batch, prompt_len = input_ids.shape
 
     def apply(*args, **kwargs):
@@ -179,19 +201,35 @@ def _decode(spec: _Spec, params, input_ids, attention_mask, temperature, rng) ->
             return model.apply({"params": params}, *args, **kwargs)
 
     def pick(logits: Array, step: Array) -> Array:
-        if spec.greedy:
+        def sample():
+            return sample_logits(
+                logits,
+                jax.random.fold_in(rng, step),
+                temperature=settings["temperature"],
+                top_k=settings["top_k"],
+                top_p=settings["top_p"],
+            )
+
+        def argmax():
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        logits = process_logits(logits, temperature, spec.top_k, spec.top_p)
-        key = jax.random.fold_in(rng, step)
-        return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
+        return jax.lax.cond(settings["greedy"], argmax, sample)
+
+    def record(state, logits):
+        step, tokens, done, lengths, cache = state
+        token = jnp.where(done, pad_id, pick(logits, step))
+        tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | (token == eos_id)
+        return step + 1, tokens, done, lengths, cache
+
+    tokens = jnp.full((batch, n), pad_id, jnp.int32)
+    state = (jnp.int32(0), tokens, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32))
     if spec.use_cache:
-
-        def prefill():
-            cache = model.init_cache(batch, prompt_len + n)
-            out = apply(input_ids, attention_mask, cache=cache)
-            _check_length(out["logits"], prompt_len)
-            return out["logits"][:, -1], out["cache"]
+        # Prefill outside the loop (the prompt's shape), then one token per iteration.
+        out = apply(input_ids, attention_mask, cache=model.init_cache(batch, prompt_len + n))
+        _check_length(out["logits"], prompt_len)
+        state = record((*state, out["cache"]), out["logits"][:, -1])
 
         def next_logits(tokens, step, cache):
             token = jax.lax.dynamic_index_in_dim(tokens, step - 1, axis=1)
@@ -200,9 +238,11 @@ def _decode(spec: _Spec, params, input_ids, attention_mask, temperature, rng) ->
             return out["logits"][:, -1], out["cache"]
 
     else:
+        # Every step, the first included, runs the whole fixed-size sequence: one model graph.
+        state = (*state, None)
         ids_pad = jnp.concatenate([input_ids, jnp.zeros((batch, n), jnp.int32)], axis=1)
 
-        def full_logits(tokens, step):
+        def next_logits(tokens, step, cache):
             # Slots from ``step`` on are masked and causally after the read position, so they
             # cannot change its logits. Methods may prepend positions: read from the end.
             ids = jax.lax.dynamic_update_slice(ids_pad, tokens, (0, prompt_len))
@@ -210,29 +250,7 @@ def _decode(spec: _Spec, params, input_ids, attention_mask, temperature, rng) ->
             mask = jnp.concatenate([attention_mask, jnp.broadcast_to(filled, (batch, n))], 1)
             logits = apply(ids, mask)["logits"]
             read = logits.shape[1] - n - 1 + step
-            return jax.lax.dynamic_index_in_dim(logits, read, axis=1, keepdims=False)
-
-        def prefill():
-            return full_logits(jnp.full((batch, n), spec.pad_id, jnp.int32), jnp.int32(0)), None
-
-        def next_logits(tokens, step, cache):
-            return full_logits(tokens, step), None
-
-    def record(state, logits):
-        step, tokens, done, lengths, cache = state
-        token = jnp.where(done, spec.pad_id, pick(logits, step))
-        tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
-        lengths = lengths + (~done).astype(jnp.int32)
-        if spec.eos_id is not None:
-            done = done | (token == spec.eos_id)
-        return step + 1, tokens, done, lengths, cache
-
-    logits, cache = prefill()
-    tokens = jnp.full((batch, n), spec.pad_id, jnp.int32)
-    done = jnp.zeros((batch,), bool)
-    state = record(
-        (jnp.int32(0), tokens, done, jnp.zeros((batch,), jnp.int32), cache), logits
-    )
+            return jax.lax.dynamic_index_in_dim(logits, read, axis=1, keepdims=False), None
 
     def cond(state):
         step, _, done, _, _ = state
@@ -286,6 +304,7 @@ __all__ = [
     "generate",
     "greedy_generate",
     "process_logits",
+    "sample_logits",
     "top_k_filter",
     "top_p_filter",
 ]
