@@ -10,7 +10,7 @@ import ml_collections
 # LoRA/adapters/IA3 around 1e-3, prompt tuning a very large one.
 METHODS = {
     "full": ({"backbone": {"lr": 5e-5}}, {}),
-    "linear_probe": ({"head": {"lr": 1e-2}}, {}),  # a lone head on frozen features wants more
+    "linear_probe": ({}, {}),
     "bitfit": ({"bias": {"lr": 1e-3}}, {}),
     "lora": ({"lora": {"lr": 1e-3}}, {"rank": 8, "alpha": 16}),
     "dora": ({"lora": {"lr": 1e-3}}, {"rank": 8, "alpha": 16}),
