@@ -55,6 +55,9 @@ def main(argv) -> None:
         start = time.perf_counter()
         arg = f"method={method},steps={steps}" + (",smoke" if _SMOKE.value else "")
         results = run(load_config_file(CONFIG, arg), workdir)
+        if results.get("preempted"):  # SIGTERM: the run checkpointed; `make demo` resumes it
+            print(f"stopped at step {results['stopped_at']}; run `make demo` again to resume")
+            return
         rows.append((method, results, time.perf_counter() - start))
         workdirs[method] = workdir
     plot(workdirs, root / "demo.png")
