@@ -246,9 +246,12 @@ def place_frozen(
 ) -> PyTree:
     """Put the frozen base on the mesh by the same rules (optionally cast, e.g. to bfloat16:
     frozen weights need no float32 master copy)."""
-    if dtype is not None:
-        frozen = jax.tree.map(
-            lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, frozen
+    if dtype is not None:  # quantised leaves (NF4 statistics) keep their own dtypes
+        frozen = paths.map_with_path(
+            lambda p, x: (
+                x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and "_nf4_" not in p else x
+            ),
+            frozen,
         )
     return jax.device_put(frozen, sharding.param_shardings(frozen, mesh, rules))
 

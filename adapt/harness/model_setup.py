@@ -158,6 +158,8 @@ def attach_methods(model: Model, method_cfg: Any, rng: jax.Array) -> list[partit
     options = dict(get(method_cfg, "options", None) or {})
     if name in METHODS:
         method = build(name, model.family, **options)
+        if hasattr(method, "prepare"):  # QLoRA: the frozen base is quantised before attaching
+            model.params = method.prepare(model.params)
         model.methods = [method]
         extra = base.init(
             model.module,

@@ -14,6 +14,7 @@ from adapt.methods.base import Method, MethodError, apply, init, merge_all, rule
 from adapt.methods.ia3 import IA3
 from adapt.methods.lora import LoRA
 from adapt.methods.prompts import PrefixTuning, PromptTuning, PTuningV2
+from adapt.methods.qlora import QLoRA
 
 # LoRA targets per family when none are given: the attention query and value projections
 # (Hu et al.'s default, and PEFT's for BERT and LLaMA).
@@ -63,10 +64,26 @@ def build(name: str, family: str, **options: Any) -> Method:
         return PromptTuning(**options)
     if name == "ptuning_v2":
         return PTuningV2(**options)
+    if name == "qlora":  # QLoRA's recipe: NF4 base and adapters on every linear layer
+        targets = options.pop("targets", None) or "all_linear"
+        if targets == "all_linear":
+            targets = _family_default(ALL_LINEAR, family, "linear layers")
+        return QLoRA(targets, **options)
     raise MethodError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
 
 
-METHODS = ("lora", "rslora", "dora", "ia3", "houlsby", "pfeiffer", "prefix", "prompt", "ptuning_v2")
+METHODS = (
+    "lora",
+    "rslora",
+    "dora",
+    "ia3",
+    "houlsby",
+    "pfeiffer",
+    "prefix",
+    "prompt",
+    "ptuning_v2",
+    "qlora",
+)
 
 __all__ = [
     "METHODS",
@@ -78,6 +95,7 @@ __all__ = [
     "PTuningV2",
     "PrefixTuning",
     "PromptTuning",
+    "QLoRA",
     "apply",
     "build",
     "init",
