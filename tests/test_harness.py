@@ -261,17 +261,27 @@ def test_two_processes_reproduce_the_single_process_losses(tmp_path):
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import numpy as np
+
+    from adapt.harness import loop
     from adapt.train import NonFiniteLossError
 
+    original = loop.train_batches
+
+    def poisoned(*args, **kwargs):  # from step 5 on, the loss weights are NaN
+        for step, batch in enumerate(original(*args, **kwargs), start=kwargs.get("start_step", 0)):
+            if step >= 4:
+                batch = {**batch, "loss_mask": batch["loss_mask"] * np.nan}
+            yield batch
+
+    monkeypatch.setattr(loop, "train_batches", poisoned)
     cfg = _config("configs/llm/stories_lora.py", "method=full,smoke")
     cfg.train.steps, cfg.checkpoint.every = 8, 2
-    cfg.optim.default.lr = 1e6  # diverges within a few steps
-    cfg.optim.groups.backbone.lr = 1e6
-    with pytest.raises(NonFiniteLossError, match="non-finite at step"):
+    with pytest.raises(NonFiniteLossError, match="non-finite at step 5"):
         run(cfg, tmp_path)
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps and max(steps) < 8
+    assert max(steps) == 4  # the last good state; nothing was saved after the NaN
     assert not (tmp_path / "results.json").exists()
 
 
