@@ -11,7 +11,7 @@ def test_readme_library_example_runs(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert blocks, "README lost its library example"
     example = blocks[0]
-    assert len(example.strip().splitlines()) <= 16
+    assert len(example.strip().splitlines()) <= 18  # ten lines of code plus imports
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(example, "README.md", "exec"), scope)  # noqa: S102 - that is the point
