@@ -405,6 +405,20 @@ def test_lm_packing_and_loss_mask_on_stories(third_party, stories_tokenizer):
     assert batch["input_ids"].shape == (4, 64)
 
 
+def test_lm_text_from_a_table_column(third_party, stories_tokenizer, cache_dir):
+    """A labelled table's text column as LM documents: one per row, labels ignored."""
+    tok = stories_tokenizer
+    path = third_party / "sst2" / "dev.tsv"
+    data = D.load_lm_text(path, tok, 32, text_column="sentence", cache_dir=cache_dir)
+    sentences = [line.split("\t")[0].strip() for line in path.read_text().splitlines()[1:]]
+    stream = np.concatenate([[tok.bos_id, *tok.encode(d, bos=False), tok.eos_id] for d in sentences])
+    real = data.arrays["attention_mask"].astype(bool)
+    np.testing.assert_array_equal(data.arrays["input_ids"][real], stream[:-1])
+    assert data.arrays["loss_mask"].sum() == len(stream) - 1 - (len(sentences) - 1)
+    with pytest.raises(D.DataError, match="missing"):
+        D.load_lm_text(path, tok, 32, text_column="missing", cache_dir=cache_dir)
+
+
 def test_prompt_response_masks_only_the_response(tmp_path, stories_tokenizer, cache_dir):
     tok = stories_tokenizer
     rows = [

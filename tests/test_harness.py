@@ -50,6 +50,7 @@ def _repo_cwd(monkeypatch):
         ("configs/vision/fmnist_resnet20.py", "smoke"),
         ("configs/vision/fmnist_vit.py", "smoke"),
         ("configs/llm/stories_lora.py", "smoke"),
+        ("configs/llm/stories_sst2_qlora.py", "smoke"),
     ],
 )
 def test_config_smoke_runs_end_to_end(tmp_path, path, arg):

@@ -248,55 +248,35 @@ def test_qlora_trains_exactly_like_lora_on_the_dequantised_weights(small):
 
 
 # ---------------------------------------------------------------- 200 steps in the harness
-def _run(tmp_path, monkeypatch, method: str, base_hook):
-    from adapt.harness import loop, model_setup
+def _run(tmp_path, method: str):
+    from adapt.harness import loop
 
-    original = model_setup.attach_methods
-
-    def attach_methods(model, method_cfg, rng):  # the harness hook, emulated
-        model.params = base_hook(model.params)
-        return original(model, method_cfg, rng)
-
-    monkeypatch.setattr(loop, "attach_methods", attach_methods)
-    config = loop.load_config_file("configs/llm/stories_lora.py", "steps=200")
-    config.model.dtype = "bfloat16"
+    config = loop.load_config_file("configs/llm/stories_sst2_qlora.py", f"method={method}")
     config.mesh.axes = [("data", 1)]
-    config.checkpoint.every = 200
     config.train.progress = False
-    options = {"rank": 8, "alpha": 16}
-    if method == "lora":
-        config.model.frozen_dtype = "bfloat16"
-        options["targets"] = "all_linear"  # QLoRA's placement: every linear layer
-    config.method = dict(name=method, options=options)
     workdir = tmp_path / method
     results = loop.run(config, workdir)
     rows = [json.loads(r) for r in (workdir / "metrics.jsonl").read_text().splitlines()]
-    train = [r["loss"] for r in rows if r["split"] == "train"]
-    return results, train
+    return results, [r["loss"] for r in rows if r["split"] == "train"]
 
 
 @pytest.mark.slow
 def test_200_steps_of_qlora_track_bf16_lora_in_the_harness(tmp_path, monkeypatch):
-    """configs/llm/stories_lora.py, bfloat16 compute, LoRA rank 8 on every linear layer, 200
-    steps: bf16 LoRA against QLoRA (the same run with the base in NF4).
+    """configs/llm/stories_sst2_qlora.py: stories260K adapted to SST-2's movie-review sentences
+    (held-out dev NLL), LoRA rank 8 on every linear layer, bfloat16 compute, 200 steps, with the
+    frozen base in bfloat16 (LoRA) and in NF4 + double quantisation (QLoRA).
 
-    Both memorise the 5-story sample (loss ~1.5 -> ~0.025). On this 64-wide model NF4 costs
-    ~8% NLL before training; after 200 steps QLoRA ends ~5% above bf16 LoRA in relative
-    terms (~0.001 nats absolute). That gap is the quantisation error itself:
-    ``test_qlora_trains_exactly_like_lora_on_the_dequantised_weights`` shows QLoRA's
-    trajectory equals LoRA's on the dequantised weights.
+    Measured: eval NLL 2.886 (LoRA) vs 2.908 (QLoRA), +0.7%; the base model starts near 4.9.
+    (On the 5-story TinyStories sample both runs memorise the text down to ~0.025 nats, where the
+    same quantisation error is a 4.9% relative gap between two near-zero losses; the config's
+    docstring says why that is the wrong yardstick.)
     """
     monkeypatch.chdir(REPO)  # the config names vendored files relative to the repo root
-    lora, lora_train = _run(tmp_path, monkeypatch, "lora", lambda p: p)
-    qlora, qlora_train = _run(tmp_path, monkeypatch, "qlora", lambda p: p)  # harness prepares
+    lora, lora_train = _run(tmp_path, "lora")
+    qlora, qlora_train = _run(tmp_path, "qlora")  # the harness quantises the base (prepare)
     assert lora["steps"] == qlora["steps"] == 200
     a, b = lora["eval"]["loss"], qlora["eval"]["loss"]
-    print(
-        f"after 200 steps: bf16 LoRA {a:.5f}, QLoRA {b:.5f} (eval NLL); train {lora_train}, {qlora_train}"
-    )
-    assert qlora_train[-1] < 0.05 * qlora_train[0]  # QLoRA learns as LoRA does
-    assert abs(b - a) <= 0.02 * lora_train[0]  # within 2% of the loss scale all along the run
-    assert (
-        max(abs(x - y) for x, y in zip(qlora_train, lora_train, strict=True)) <= 0.1 * lora_train[0]
-    )
-    assert b / a < 1.10  # relative to the memorised loss itself: within 10% (measured ~5%)
+    print(f"after 200 steps: bf16 LoRA {a:.5f}, QLoRA {b:.5f} (held-out NLL)")
+    assert b < 0.7 * qlora_train[0]  # QLoRA adapts: far below the base model's loss
+    assert abs(b - a) <= 0.02 * a  # the issue's criterion: within 2% after 200 steps
+    assert abs(qlora_train[-1] - lora_train[-1]) <= 0.02 * lora_train[-1]

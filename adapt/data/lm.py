@@ -183,18 +183,30 @@ def load_lm_text(
     eos: bool = True,
     pad_id: int = 0,
     max_documents: int | None = None,
+    text_column: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> LMData:
-    """Packed causal-LM rows from a UTF-8 text file (module docstring)."""
+    """Packed causal-LM rows from a UTF-8 text file (module docstring).
+
+    With ``text_column``, ``path`` is a table (csv/tsv/json/parquet, read like the classification
+    data) and each row's ``text_column`` is one document; ``document_separator`` is then unused.
+    That lets a labelled corpus (e.g. SST-2's sentences) serve as language-modelling text.
+    """
     tok = as_lm_tokenizer(tokenizer)
-    path = require_path(path, "text file")
-    docs = split_documents(path.read_text(encoding="utf-8"), document_separator)
+    if text_column is None:
+        path = require_path(path, "text file")
+        docs = split_documents(path.read_text(encoding="utf-8"), document_separator)
+        where = f"{path} (document_separator={document_separator!r})"
+    else:
+        table, where = read_table(
+            path, "train", delimiter=None, cache_dir=cache_dir, dataset_config=None
+        )
+        docs = [str(d).strip() for d in column(table, text_column, "text", where)]
+        docs = [d for d in docs if d]
     if max_documents is not None:
         docs = docs[:max_documents]
     if not docs:
-        raise DataError(
-            f"{path} holds no documents (document_separator={document_separator!r}); "
-            "is the file empty or the separator wrong?"
-        )
+        raise DataError(f"{where} holds no documents; is the file empty or the separator wrong?")
     sequences, weights = [], []
     for doc in docs:
         ids = [tok.bos_id] * bos + list(tok.encode(doc, bos=False, eos=False)) + [tok.eos_id] * eos
