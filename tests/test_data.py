@@ -411,7 +411,9 @@ def test_lm_text_from_a_table_column(third_party, stories_tokenizer, cache_dir):
     path = third_party / "sst2" / "dev.tsv"
     data = D.load_lm_text(path, tok, 32, text_column="sentence", cache_dir=cache_dir)
     sentences = [line.split("\t")[0].strip() for line in path.read_text().splitlines()[1:]]
-    stream = np.concatenate([[tok.bos_id, *tok.encode(d, bos=False), tok.eos_id] for d in sentences])
+    stream = np.concatenate(
+        [[tok.bos_id, *tok.encode(d, bos=False), tok.eos_id] for d in sentences]
+    )
     real = data.arrays["attention_mask"].astype(bool)
     np.testing.assert_array_equal(data.arrays["input_ids"][real], stream[:-1])
     assert data.arrays["loss_mask"].sum() == len(stream) - 1 - (len(sentences) - 1)

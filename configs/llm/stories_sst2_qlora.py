@@ -29,9 +29,7 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seed = arg.seed
     c.task = "causal_lm"
-    c.model = dict(
-        kind="llama2c", path="third_party/stories260K/stories260K.bin", dtype="bfloat16"
-    )
+    c.model = dict(kind="llama2c", path="third_party/stories260K/stories260K.bin", dtype="bfloat16")
     if arg.method == "lora":
         c.model.frozen_dtype = "bfloat16"
     c.method = dict(name=arg.method, options={"rank": 8, "alpha": 16, "targets": "all_linear"})
