@@ -95,10 +95,17 @@ def from_hf_config(hf_config: Mapping | Any, **overrides: Any) -> Any:
 
 def to_hf_config(config: Any, architecture: str) -> dict:
     """The ``config.json`` dict for ``config`` built as ``architecture``."""
-    return _family_of_architecture(architecture).config_to_hf(config, architecture)
+    return family_of_architecture(architecture).config_to_hf(config, architecture)
 
 
-def _family_of_architecture(architecture: str) -> Family:
+def family_of_architecture(architecture: str) -> Family:
+    """The family that builds ``architecture`` (``"LlamaForCausalLM"`` -> LLaMA's).
+
+    Public because code outside the loader (PEFT adapter export/import) must build the same
+    module and use the same conversion table as ``load_pretrained`` for a given architecture,
+    and a checkpoint's ``model_type`` is not always at hand there. Raises
+    :class:`UnsupportedConfigError` listing the supported architectures.
+    """
     for fam in _families():
         if architecture in fam.architectures:
             return fam
@@ -183,7 +190,7 @@ def save_pretrained(
     max_shard_bytes: int | None = None,
 ) -> Path:
     """Write ``config.json`` + safetensors that ``transformers.AutoModel*.from_pretrained`` loads."""
-    fam = _family_of_architecture(architecture)
+    fam = family_of_architecture(architecture)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = to_hf_state_dict(params, config, architecture, fam)
@@ -198,6 +205,7 @@ __all__ = [
     "abstract_params",
     "as_dict",
     "family_for",
+    "family_of_architecture",
     "from_hf_config",
     "load_pretrained",
     "read_config",

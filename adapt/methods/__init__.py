@@ -13,7 +13,12 @@ from adapt.methods.adapters import BottleneckAdapter
 from adapt.methods.base import Method, MethodError, apply, init, merge_all, rules_for
 from adapt.methods.ia3 import IA3
 from adapt.methods.lora import LoRA
-from adapt.methods.prompts import PrefixTuning, PromptTuning, PTuningV2
+from adapt.methods.prompts import (
+    PrefixTuning,
+    PromptTuning,
+    PTuningV2,
+    VirtualTokenPromptTuning,
+)
 from adapt.methods.qlora import QLoRA
 
 # LoRA targets per family when none are given: the attention query and value projections
@@ -96,6 +101,7 @@ __all__ = [
     "PrefixTuning",
     "PromptTuning",
     "QLoRA",
+    "VirtualTokenPromptTuning",
     "apply",
     "build",
     "init",

@@ -3,6 +3,10 @@
 - **Prompt tuning** (Lester et al. 2021) prepends ``num_tokens`` learned vectors to the input
   embeddings through every model's ``extend_inputs`` extension point, and extends the attention
   mask to cover them. Outputs then hold ``num_tokens`` extra leading positions (as in PEFT).
+  On BERT-style encoders PEFT instead prepends the prompt as virtual *word* embeddings, before
+  position/token-type embeddings and the embedding LayerNorm (a different function);
+  :class:`VirtualTokenPromptTuning` computes that one, so that it can be exchanged with PEFT
+  (:mod:`adapt.peft_format`). On LLaMA both layouts coincide.
 - **Prefix tuning** (Li & Liang 2021) gives every attention layer ``num_tokens`` learned keys and
   values. While training they are produced by a reparameterisation MLP from a shared embedding
   (``prefix_embedding -> tanh(W1) -> per-layer projection``), which the paper found necessary for
@@ -30,14 +34,20 @@ import jax.numpy as jnp
 
 from adapt import paths
 from adapt.methods.base import Method, MethodError, Rules, module_path
+from adapt.models.bert import BertEmbeddings
 from adapt.models.layers import dot_product_attention
 
 _LAYER = re.compile(r"(?:layer|layers)_(\d+)")
 
 
-def _vocab_rows(mod: nn.Module, num: int, key: jax.Array, hidden: int) -> jax.Array | None:
-    """Rows of the model's largest embedding table of width ``hidden`` (prompt init from the
-    vocabulary, as Lester et al. recommend), or None if the module has no such table."""
+def vocab_rows(mod: nn.Module, num: int, key: jax.Array, hidden: int) -> jax.Array | None:
+    """``num`` random rows of the largest embedding table of width ``hidden`` among ``mod``'s
+    parameters, or None if it has no such table.
+
+    Lester et al. found prompts initialised from real token embeddings train better than random
+    ones; every prompt method here (the one that enters through ``extend_inputs`` and the one
+    that acts as virtual word embeddings) initialises its prompt the same way through this.
+    """
     tables = [
         v
         for p, v in paths.flatten(mod.variables.get("params", {})).items()
@@ -78,7 +88,7 @@ class PromptTuning(Method):
         batch, _, hidden = embeddings.shape
 
         def init(key, shape, dtype):
-            rows = _vocab_rows(mod, shape[0], key, hidden) if self.init_from == "vocab" else None
+            rows = vocab_rows(mod, shape[0], key, hidden) if self.init_from == "vocab" else None
             if rows is None:
                 return 0.02 * jax.random.normal(key, shape, dtype)
             return rows.astype(dtype)
@@ -89,6 +99,65 @@ class PromptTuning(Method):
         prompt = jnp.broadcast_to(prompt.astype(embeddings.dtype), (batch, *prompt.shape))
         ones = jnp.ones((batch, self.num_tokens), mask.dtype)
         return jnp.concatenate([prompt, embeddings], 1), jnp.concatenate([ones, mask], 1)
+
+
+class VirtualTokenPromptTuning(PromptTuning):
+    """Prompt tuning as PEFT does it on BERT-style encoders: ``num_tokens`` learned vectors take
+    the place of word embeddings in front of the input, so they get position (the first
+    ``num_tokens`` ones, real tokens shifting right) and token-type-0 embeddings and go through the
+    embedding LayerNorm and dropout like real tokens. The leaf is ``.../embeddings/
+    prompt_embeddings``; outputs hold ``num_tokens`` extra leading positions.
+
+    It exists because :class:`PromptTuning` (after the LayerNorm, positions unchanged) computes a
+    different function on BERT than PEFT's prompt tuning, so only this one can be exported to
+    and imported from PEFT there (:mod:`adapt.peft_format`)."""
+
+    def describe_targets(self) -> str:
+        return "(BERT-style embeddings: word embeddings of virtual tokens)"
+
+    def intercept(self, next_fun, args, kwargs, context):
+        mod = context.module
+        if context.method_name == "extend_inputs":
+            embeddings, mask = next_fun(*args, **kwargs)
+            if embeddings.shape[1] == mask.shape[1] + self.num_tokens:  # our virtual tokens
+                ones = jnp.ones((mask.shape[0], self.num_tokens), mask.dtype)
+                mask = jnp.concatenate([ones, mask], 1)
+            return embeddings, mask
+        if context.method_name != "__call__" or not isinstance(mod, BertEmbeddings):
+            return next_fun(*args, **kwargs)
+        scope = module_path(context)
+        self.matched.add(scope)
+        names = ("input_ids", "token_type_ids", "position_ids", "deterministic")
+        call = dict(zip(names, args, strict=False))
+        call.update(kwargs)
+        batch, n = call["input_ids"].shape[0], self.num_tokens
+        positions = call["position_ids"]
+        virtual = jnp.arange(n, dtype=positions.dtype) + mod.config.position_offset
+        call["position_ids"] = jnp.concatenate(
+            [jnp.broadcast_to(virtual, (batch, n)), positions + n], 1
+        )
+        types = call["token_type_ids"]
+        call["token_type_ids"] = jnp.concatenate([jnp.zeros((batch, n), types.dtype), types], 1)
+
+        def init_prompt(key, shape, dtype):
+            rows = vocab_rows(mod, shape[0], key, shape[1]) if self.init_from == "vocab" else None
+            return (
+                0.02 * jax.random.normal(key, shape, dtype) if rows is None else rows.astype(dtype)
+            )
+
+        hidden = mod.config.hidden_size
+        prompt = mod.scope.param("prompt_embeddings", init_prompt, (n, hidden), self.param_dtype)
+        words = f"{scope}/word_embeddings"
+
+        def prepend(inner_next, inner_args, inner_kwargs, inner_context):
+            out = inner_next(*inner_args, **inner_kwargs)
+            if inner_context.method_name == "__call__" and module_path(inner_context) == words:
+                virtual_rows = jnp.broadcast_to(prompt.astype(out.dtype), (out.shape[0], n, hidden))
+                return jnp.concatenate([virtual_rows, out], 1)
+            return out
+
+        with nn.intercept_methods(prepend):
+            return next_fun(**call)
 
 
 class PrefixTuning(Method):
