@@ -1,17 +1,36 @@
-"""Grids of runs: one workdir per point, resumable, summarised as CSV, markdown and a plot.
+"""Grids of runs: one workdir per point, resumable, summarised as CSV, markdown and plots.
 
 A sweep config's ``get_config()`` returns a ConfigDict with
 - ``name``: the sweep's name (results go to ``results/<name>/`` unless ``--out`` says otherwise);
-- ``base``: the config file every run uses (``configs/glue/banking77_minilm.py``);
-- ``grid``: ``{arg: [values]}``, the ``get_config`` arguments to cross (``method``, ``seed`` ...);
-- ``fixed``: arguments shared by every run (optional);
+- either one grid: ``base`` (the config file every run uses, e.g.
+  ``configs/glue/banking77_minilm.py``), ``grid`` (``{arg: [values]}``, the ``get_config``
+  arguments to cross: ``method``, ``seed`` ...) and ``fixed`` (arguments shared by every run,
+  optional);
+- or ``parts``: a list of such ``{name, base, grid, fixed}`` dicts, for one study over several
+  datasets or models; each row then carries a ``part`` column;
+- ``setup`` (optional): ``{name: {base, args}}`` runs made before the grid (e.g. pretraining a
+  source model); an argument value containing ``{setup.NAME}`` is replaced by that run's workdir,
+  so a grid can start from its export (``pretrained={setup.vit_pretrain}/export_hf``);
 - ``group_by``: the grid keys that identify a row of the summary (the others, e.g. ``seed``, are
-  averaged: mean +- std);
-- ``metrics``: eval metrics to report (``accuracy``, ``macro_f1`` ...);
-- ``plot``: ``{"x": arg, "series": arg, "y": metric}`` for the PNG (optional).
+  averaged: mean +- std); ``part`` is prepended when there are parts;
+- ``metrics``: what to report from each run's ``results.json``: a plain name is an eval metric
+  (``accuracy``, ``macro_f1`` ...), a dotted one is a path into ``results.json``
+  (``source_eval.accuracy``);
+- ``plot``: ``{"x": arg, "series": arg, "y": metric}`` for ``plot.png`` (optional; one panel per
+  part);
+- ``curves`` (optional): ``[{"key", "x", "y"}]``: a list of per-run curves in ``results.json``
+  (``results[key]`` = ``[{x: ..., y: ...}, ...]``, e.g. the WiSE-FT curve over ``alpha``),
+  averaged over seeds into ``<key>.csv`` and ``<key>.png``;
+- ``keep_checkpoints`` (default False): a finished run's ``checkpoints/`` folder is deleted (its
+  ``results.json``, metrics and exports stay), since a sweep of MiniLM runs would otherwise keep
+  ~300 MB per run;
+- ``parallel`` (default 1): how many runs go at once. On a 2-core CPU two concurrent runs finish
+  a grid of short runs sooner (start-up, tokenisation and compilation are single-threaded), but
+  each run's ``wall_seconds`` then includes the contention.
 
 A run whose workdir already holds ``results.json`` is skipped, so an interrupted sweep continues
-where it stopped (an unfinished run resumes from its own checkpoint).
+where it stopped (an unfinished run resumes from its own checkpoint). Runs share a persistent XLA
+compilation cache under the workdir root, so seeds after the first skip most compilation.
 """
 
 from __future__ import annotations
@@ -19,10 +38,13 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +67,35 @@ def run_name(point: Mapping[str, Any]) -> str:
     return "_".join(f"{k}-{v}" for k, v in point.items()).replace("/", "-")
 
 
+def parts(sweep: Any) -> list[dict]:
+    """The sweep's grids as ``[{name, base, grid, fixed}]`` (one, named after the sweep, when the
+    config gives ``base``/``grid`` directly)."""
+    if "parts" in sweep:
+        if "base" in sweep or "grid" in sweep:
+            raise ValueError("a sweep config gives either parts or base/grid, not both")
+        out = [dict(p) for p in sweep.parts]
+    else:
+        out = [dict(name=sweep.name, base=sweep.base, grid=sweep.grid, fixed=sweep.get("fixed"))]
+    names = [p["name"] for p in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"sweep parts need distinct names; got {names}")
+    return out
+
+
+def _environment(workdir_root: Path) -> dict:
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str((workdir_root / "jax_cache").absolute()))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+    return env
+
+
 def run_point(
-    base: str, point: Mapping[str, Any], workdir: Path, extra_flags: Sequence[str] = ()
+    base: str,
+    point: Mapping[str, Any],
+    workdir: Path,
+    extra_flags: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    keep_checkpoints: bool = True,
 ) -> dict:
     """Run one point in a fresh process (isolates memory and jit caches); return its results."""
     results = workdir / "results.json"
@@ -61,13 +110,37 @@ def run_point(
         f"--workdir={workdir}",
         *extra_flags,
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"run {workdir.name} failed:\n{out.stderr[-4000:]}")
     data = json.loads(results.read_text())
     data.setdefault("wall_seconds", time.perf_counter() - start)
     results.write_text(json.dumps(data, indent=2))
+    if not keep_checkpoints:
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     return data
+
+
+def _substitute(point: Mapping[str, Any], setup_dirs: Mapping[str, Path]) -> dict:
+    out = {}
+    for k, v in point.items():
+        if isinstance(v, str) and "{setup." in v:
+            for name, path in setup_dirs.items():
+                v = v.replace(f"{{setup.{name}}}", str(path.absolute()))
+            if "{setup." in v:
+                raise ValueError(f"argument {k}={v!r} names a setup run the sweep does not define")
+        out[k] = v
+    return out
+
+
+def metric_value(results: Mapping[str, Any], name: str) -> Any:
+    """``results["eval"][name]`` for a plain name, else the dotted path into ``results``."""
+    node: Any = results if "." in name else results.get("eval", {})
+    for key in name.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
 
 
 def rows(sweep: Any, results: Sequence[tuple[dict, dict]]) -> list[dict]:
@@ -75,35 +148,45 @@ def rows(sweep: Any, results: Sequence[tuple[dict, dict]]) -> list[dict]:
     for point, res in results:
         row = dict(point)
         for m in sweep.metrics:
-            row[m] = res["eval"].get(m)
+            row[m] = metric_value(res, m)
         row["trainable_pct"] = res.get("trainable_pct")
         row["wall_seconds"] = res.get("wall_seconds")
         out.append(row)
     return out
 
 
-def summarise(sweep: Any, table: Sequence[dict]) -> list[dict]:
+def _group_keys(sweep: Any, with_parts: bool) -> list[str]:
+    keys = list(sweep.group_by)
+    return ["part", *keys] if with_parts and "part" not in keys else keys
+
+
+def _mean_std(values: Sequence[Any]) -> tuple[float | None, float]:
+    vals = np.array([v for v in values if v is not None], float)
+    if not vals.size:
+        return None, 0.0
+    return float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+
+
+def summarise(sweep: Any, table: Sequence[dict], group_keys: Sequence[str]) -> list[dict]:
     """Mean and std over the non-grouped grid keys (seeds) for each group."""
     groups: dict[tuple, list[dict]] = {}
     for row in table:
-        groups.setdefault(tuple(row[k] for k in sweep.group_by), []).append(row)
+        groups.setdefault(tuple(row.get(k) for k in group_keys), []).append(row)
     summary = []
     for key, members in groups.items():
-        entry = dict(zip(sweep.group_by, key, strict=True))
+        entry = dict(zip(group_keys, key, strict=True))
         entry["runs"] = len(members)
         for m in [*sweep.metrics, "trainable_pct", "wall_seconds"]:
-            vals = np.array([r[m] for r in members if r.get(m) is not None], float)
-            entry[m] = float(vals.mean()) if vals.size else None
-            entry[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+            entry[m], entry[f"{m}_std"] = _mean_std([r.get(m) for r in members])
         summary.append(entry)
     return summary
 
 
-def markdown(sweep: Any, summary: Sequence[dict]) -> str:
-    head = [*sweep.group_by, *sweep.metrics, "trainable %", "wall s", "runs"]
+def markdown(sweep: Any, summary: Sequence[dict], group_keys: Sequence[str]) -> str:
+    head = [*group_keys, *sweep.metrics, "trainable %", "wall s", "runs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
-        cells = [str(e[k]) for k in sweep.group_by]
+        cells = [str(e[k]) for k in group_keys]
         cells += [
             f"{e[m]:.4f} ± {e[m + '_std']:.4f}" if e[m] is not None else "-" for m in sweep.metrics
         ]
@@ -116,7 +199,11 @@ def markdown(sweep: Any, summary: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(sweep: Any, summary: Sequence[dict], path: Path) -> Path | None:
+def _sort_key(v: Any) -> tuple:
+    return (isinstance(v, str), v)
+
+
+def plot(sweep: Any, summary: Sequence[dict], path: Path, part_names: Sequence[str]) -> Path | None:
     spec = sweep.get("plot")
     if not spec:
         return None
@@ -125,51 +212,138 @@ def plot(sweep: Any, summary: Sequence[dict], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series: dict[Any, list[dict]] = {}
-    for e in summary:
-        series.setdefault(e[spec["series"]], []).append(e)
-    xs_all = sorted({e[spec["x"]] for e in summary}, key=lambda v: (isinstance(v, str), v))
-    for name, entries in series.items():
-        entries = sorted(entries, key=lambda e: xs_all.index(e[spec["x"]]))
-        xs = [xs_all.index(e[spec["x"]]) for e in entries]
-        ys = [e[spec["y"]] for e in entries]
-        errs = [e[spec["y"] + "_std"] for e in entries]
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=str(name))
-    ax.set_xticks(range(len(xs_all)), [str(x) for x in xs_all])
-    ax.set_xlabel(spec["x"])
-    ax.set_ylabel(spec["y"])
-    ax.set_title(sweep.name)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    panels = part_names if len(part_names) > 1 else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, part in zip(axes[0], panels, strict=True):
+        entries_all = [e for e in summary if part is None or e.get("part") == part]
+        series: dict[Any, list[dict]] = {}
+        for e in entries_all:
+            series.setdefault(e[spec["series"]], []).append(e)
+        xs_all = sorted({e[spec["x"]] for e in entries_all}, key=_sort_key)
+        for name, entries in series.items():
+            entries = sorted(entries, key=lambda e: xs_all.index(e[spec["x"]]))
+            xs = [xs_all.index(e[spec["x"]]) for e in entries]
+            ys = [e[spec["y"]] for e in entries]
+            errs = [e[spec["y"] + "_std"] for e in entries]
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=str(name))
+        ax.set_xticks(range(len(xs_all)), [str(x) for x in xs_all])
+        ax.set_xlabel(spec["x"])
+        ax.set_ylabel(spec["y"])
+        ax.set_title(part or sweep.name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
+def curve_table(
+    curve: Mapping[str, str],
+    results: Sequence[tuple[dict, dict]],
+    group_keys: Sequence[str],
+) -> list[dict]:
+    """Mean +- std of ``curve["y"]`` at each ``curve["x"]`` of ``results[curve["key"]]`` over the
+    runs of each group."""
+    collected: dict[tuple, list[Any]] = {}
+    for point, res in results:
+        for item in res.get(curve["key"]) or []:
+            key = (*(point.get(k) for k in group_keys), item[curve["x"]])
+            collected.setdefault(key, []).append(item.get(curve["y"]))
+    table = []
+    for key, values in collected.items():
+        entry = dict(zip([*group_keys, curve["x"]], key, strict=True))
+        entry[curve["y"]], entry[f"{curve['y']}_std"] = _mean_std(values)
+        entry["runs"] = len(values)
+        table.append(entry)
+    return table
+
+
+def plot_curve(
+    curve: Mapping[str, str], table: Sequence[dict], group_keys: Sequence[str], path: Path
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[tuple, list[dict]] = {}
+    for e in table:
+        series.setdefault(tuple(e[k] for k in group_keys), []).append(e)
+    for name, entries in series.items():
+        entries = sorted(entries, key=lambda e: e[curve["x"]])
+        ax.errorbar(
+            [e[curve["x"]] for e in entries],
+            [e[curve["y"]] for e in entries],
+            yerr=[e[curve["y"] + "_std"] for e in entries],
+            marker="o",
+            capsize=3,
+            label=", ".join(map(str, name)),
+        )
+    ax.set_xlabel(curve["x"])
+    ax.set_ylabel(curve["y"])
+    ax.set_title(curve["key"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _write_csv(path: Path, table: Sequence[dict]) -> None:
+    fields = list(dict.fromkeys(k for row in table for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(table)
+
+
 def run_sweep(
     sweep: Any, workdir_root: Path, out_dir: Path, extra_flags: Sequence[str] = ()
 ) -> list[dict]:
-    results = []
-    for point in points(sweep.grid, sweep.get("fixed")):
-        res = run_point(sweep.base, point, workdir_root / run_name(point), extra_flags)
-        results.append((point, res))
+    grids = parts(sweep)
+    with_parts = "parts" in sweep
+    env = _environment(workdir_root)
+    keep = bool(sweep.get("keep_checkpoints", False))
+    setup_dirs: dict[str, Path] = {}
+    for name, spec in (sweep.get("setup") or {}).items():
+        setup_dirs[name] = workdir_root / "setup" / name
+        args = dict(spec.get("args") or {})
+        run_point(spec["base"], args, setup_dirs[name], extra_flags, env, keep)
+        print(f"setup {name}: done", flush=True)
+    jobs = []  # (row point, base, args, workdir)
+    for part in grids:
+        root = workdir_root / part["name"] if with_parts else workdir_root
+        for point in points(part["grid"], part.get("fixed")):
+            row_point = {"part": part["name"], **point} if with_parts else point
+            args = _substitute(point, setup_dirs)
+            jobs.append((row_point, part["base"], args, root / run_name(point)))
+
+    def one(job):
+        row_point, base, args, workdir = job
+        res = run_point(base, args, workdir, extra_flags, env, keep)
         print(
-            f"{run_name(point)}: " + ", ".join(f"{m}={res['eval'].get(m)}" for m in sweep.metrics),
+            f"{workdir.relative_to(workdir_root)}: "
+            + ", ".join(f"{m}={metric_value(res, m)}" for m in sweep.metrics),
             flush=True,
         )
+        return row_point, res
+
+    with ThreadPoolExecutor(max_workers=max(int(sweep.get("parallel", 1)), 1)) as pool:
+        results = list(pool.map(one, jobs))  # in grid order, whatever order they finish in
+    group_keys = _group_keys(sweep, with_parts)
     table = rows(sweep, results)
-    summary = summarise(sweep, table)
+    summary = summarise(sweep, table, group_keys)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "runs.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    with open(out_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(summary[0]))
-        writer.writeheader()
-        writer.writerows(summary)
-    (out_dir / "summary.md").write_text(markdown(sweep, summary))
-    plot(sweep, summary, out_dir / "plot.png")
+    _write_csv(out_dir / "runs.csv", table)
+    _write_csv(out_dir / "summary.csv", summary)
+    (out_dir / "summary.md").write_text(markdown(sweep, summary, group_keys))
+    plot(sweep, summary, out_dir / "plot.png", [p["name"] for p in grids])
+    for curve in sweep.get("curves") or []:
+        ctable = curve_table(curve, results, group_keys)
+        if ctable:
+            _write_csv(out_dir / f"{curve['key']}.csv", ctable)
+            plot_curve(curve, ctable, group_keys, out_dir / f"{curve['key']}.png")
     return summary

@@ -1,0 +1,46 @@
+r"""Transfer vs training from scratch with few labels: all-MiniLM-L6-v2 on Banking77 and SST-2.
+
+  python -m experiments.sweep --config=configs/sweeps/transfer_vs_scratch.py
+
+Every run is configs/glue/few_labels.py (one process each): 8 methods (scratch = the same
+architecture from random init; linear probe; full fine-tuning; LoRA r=8 on query/value; Houlsby
+adapters; prefix tuning; IA3; BitFit) x budgets (Banking77: 10 and 30 labelled examples per
+intent and all 10,003; SST-2: 10, 50 and 200 per class) x 3 seeds (each seed draws its own
+labelled sample) = 144 runs, reported as mean +- std of accuracy and macro-F1 on the full
+held-out sets, trainable-parameter percentage and wall time. Writes results/transfer_vs_scratch/
+(summary.md, summary.csv, runs.csv, plot.png). Resumable: rerunning skips finished runs.
+
+Cost: see ``RESULT`` below for what the committed run took on the project's 2-core CPU.
+``smoke=True`` runs the whole grid at 4 steps on 64 examples (minutes, for checking the wiring).
+"""
+
+import ml_collections
+
+METHODS = ["scratch", "linear_probe", "full", "lora", "houlsby", "prefix", "ia3", "bitfit"]
+SEEDS = [0, 1, 2]
+
+
+def get_config(arg=None):
+    smoke = arg == "smoke"
+    fixed = {"smoke": True} if smoke else {}
+    c = ml_collections.ConfigDict()
+    c.name = "transfer_vs_scratch" + ("_smoke" if smoke else "")
+    c.parts = [
+        dict(
+            name="banking77",
+            base="configs/glue/few_labels.py",
+            grid={"per_class": [10, 30, 0], "method": METHODS, "seed": SEEDS},
+            fixed={"dataset": "banking77", **fixed},
+        ),
+        dict(
+            name="sst2",
+            base="configs/glue/few_labels.py",
+            grid={"per_class": [10, 50, 200], "method": METHODS, "seed": SEEDS},
+            fixed={"dataset": "sst2", **fixed},
+        ),
+    ]
+    c.group_by = ["per_class", "method"]
+    c.metrics = ["accuracy", "macro_f1"]
+    c.plot = {"x": "per_class", "series": "method", "y": "accuracy"}
+    c.parallel = 2
+    return c

@@ -1,0 +1,64 @@
+r"""Vision transfer with few labels: a CIFAR-10 ResNet-20 and an adapt-pretrained ViT on Fashion-MNIST.
+
+  python -m experiments.sweep --config=configs/sweeps/vision_transfer.py
+
+Part ``resnet20`` (configs/vision/fmnist_resnet20.py): the CIFAR-10 ResNet-20 (akamaster) on
+Fashion-MNIST at 10 and 100 labelled images per class: scratch (same architecture, random init)
+vs linear probe vs full fine-tuning vs BitFit (biases + BatchNorm scales, the
+parameter-efficient method for a conv net with no attention), evaluated on the 10,000 test images.
+Part ``vit`` (configs/vision/fmnist_vit.py): a 4-layer ViT pretrained by adapt from scratch on
+Fashion-MNIST classes 0-4 (the ``setup`` run, exported as a Hugging Face ViT directory) and
+transferred to classes 5-9 with 10 and 100 labelled images per class: scratch vs linear probe vs
+full fine-tuning vs LoRA; evaluated on the 5,000 test images of classes 5-9.
+3 seeds each, 300 steps per run at every budget (same compute for every method).
+Writes results/vision_transfer/ (summary.md, summary.csv, runs.csv, plot.png).
+``smoke=True`` runs the grid at 4 steps (a few minutes).
+"""
+
+import ml_collections
+
+SEEDS = [0, 1, 2]
+
+
+def get_config(arg=None):
+    smoke = arg == "smoke"
+    fixed = {"smoke": True} if smoke else {"steps": 300}
+    c = ml_collections.ConfigDict()
+    c.name = "vision_transfer" + ("_smoke" if smoke else "")
+    c.setup = {
+        "vit_pretrain": dict(
+            base="configs/vision/fmnist_vit.py",
+            args={"stage": "pretrain", **({"smoke": True} if smoke else {})},
+        )
+    }
+    c.parts = [
+        dict(
+            name="resnet20",
+            base="configs/vision/fmnist_resnet20.py",
+            grid={
+                "per_class": [10, 100],
+                "method": ["scratch", "linear_probe", "full", "bitfit"],
+                "seed": SEEDS,
+            },
+            fixed=fixed,
+        ),
+        dict(
+            name="vit",
+            base="configs/vision/fmnist_vit.py",
+            grid={
+                "per_class": [10, 100],
+                "method": ["scratch", "linear_probe", "full", "lora"],
+                "seed": SEEDS,
+            },
+            fixed={
+                "stage": "transfer",
+                "pretrained": "{setup.vit_pretrain}/export_hf",
+                **fixed,
+            },
+        ),
+    ]
+    c.group_by = ["per_class", "method"]
+    c.metrics = ["accuracy", "macro_f1"]
+    c.plot = {"x": "per_class", "series": "method", "y": "accuracy"}
+    c.parallel = 2
+    return c

@@ -1,0 +1,78 @@
+"""Sweep configs beyond one grid: parts, setup runs referenced by later runs, per-run curves."""
+
+import csv
+import json
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from adapt.harness import sweep as S
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_setup_paths_are_substituted_and_unknown_ones_rejected(tmp_path):
+    dirs = {"pre": tmp_path / "setup" / "pre"}
+    out = S._substitute({"pretrained": "{setup.pre}/export_hf", "seed": 1}, dirs)
+    assert out == {"pretrained": f"{(tmp_path / 'setup' / 'pre').absolute()}/export_hf", "seed": 1}
+    with pytest.raises(ValueError, match="setup run the sweep does not define"):
+        S._substitute({"pretrained": "{setup.other}/x"}, dirs)
+
+
+def test_metric_paths_and_curves_average_over_seeds():
+    results = [
+        ({"method": "a", "seed": s}, {"eval": {"accuracy": acc}, "source_eval": {"accuracy": src},
+                                      "wise_ft": [{"alpha": 0.0, "accuracy": acc - 0.1},
+                                                  {"alpha": 1.0, "accuracy": acc}]})
+        for s, (acc, src) in enumerate([(0.8, 0.5), (0.9, 0.7)])
+    ]  # fmt: skip
+    sweep = ml_collections.ConfigDict(
+        dict(group_by=["method"], metrics=["accuracy", "source_eval.accuracy"])
+    )
+    table = S.rows(sweep, results)
+    assert [r["source_eval.accuracy"] for r in table] == [0.5, 0.7]
+    assert S.metric_value(results[0][1], "missing.key") is None
+    (summary,) = S.summarise(sweep, table, ["method"])
+    assert summary["accuracy"] == pytest.approx(0.85)
+    assert summary["source_eval.accuracy_std"] == pytest.approx(0.1414, abs=1e-4)
+    curve = S.curve_table({"key": "wise_ft", "x": "alpha", "y": "accuracy"}, results, ["method"])
+    assert [(e["alpha"], round(e["accuracy"], 6), e["runs"]) for e in curve] == [
+        (0.0, 0.75, 2),
+        (1.0, 0.85, 2),
+    ]
+
+
+def test_parts_run_as_separate_grids_with_a_part_column(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    sweep = ml_collections.ConfigDict(
+        dict(
+            name="two_parts",
+            parts=[
+                dict(name=n, base="configs/llm/stories_lora.py", grid={"method": [m]},
+                     fixed={"smoke": True})
+                for n, m in [("lora_part", "lora"), ("full_part", "full")]
+            ],
+            group_by=["method"],
+            metrics=["perplexity"],
+            plot={"x": "method", "series": "method", "y": "perplexity"},
+            parallel=2,
+        )
+    )  # fmt: skip
+    summary = S.run_sweep(sweep, tmp_path / "runs", tmp_path / "out")
+    assert [(s["part"], s["method"], s["runs"]) for s in summary] == [
+        ("lora_part", "lora", 1),
+        ("full_part", "full", 1),
+    ]
+    for part, method in [("lora_part", "lora"), ("full_part", "full")]:
+        workdir = tmp_path / "runs" / part / f"smoke-True_method-{method}"
+        assert json.loads((workdir / "results.json").read_text())["method"] == method
+        assert not (workdir / "checkpoints").exists()  # dropped once results.json exists
+    with open(tmp_path / "out" / "runs.csv") as f:
+        assert [r["part"] for r in csv.DictReader(f)] == ["lora_part", "full_part"]
+    assert (tmp_path / "out" / "plot.png").stat().st_size > 0
+    assert (tmp_path / "runs" / "jax_cache").is_dir()  # the runs shared a compilation cache
+    with pytest.raises(ValueError, match="either parts or base/grid"):
+        bad = ml_collections.ConfigDict(dict(sweep))
+        bad.base = "x.py"
+        S.parts(bad)
