@@ -27,6 +27,7 @@ test: lint
 bench: $(STAMP)
 	$(PY) -m benchmarks.convert
 	$(PY) -m benchmarks.methods
+	$(PY) -m benchmarks.scale_plan
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
