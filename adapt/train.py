@@ -9,7 +9,11 @@ One :class:`Trainer` serves every model, method and mesh:
   init runs under ``jax.jit`` with ``out_shardings`` from :mod:`adapt.sharding`, so no device
   ever holds an unsharded copy;
 - one ``jax.jit`` step with in/out shardings and donation of the state; gradient accumulation
-  over micro-batches with ``lax.scan``; optional rematerialisation of the forward pass;
+  over micro-batches with ``lax.scan``;
+- the step is traced inside :func:`adapt.sharding.activation_sharding` (the models' logical
+  activation constraints pin the batch to ``data``, so FSDP does not compute for the global
+  batch on every device) and :func:`adapt.remat.scope` (``remat`` checkpoints each decoder
+  layer of a model that has the hook, LLaMA; see :mod:`adapt.remat` for why not the whole loss);
 - a non-finite loss (or gradient) leaves the state untouched and is reported, so the loop can
   stop with the last good checkpoint intact.
 
@@ -30,15 +34,12 @@ import optax
 from jax.sharding import Mesh
 
 from adapt import partition, paths, sharding
+from adapt import remat as remat_lib
 
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, Any]]
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+REMAT_POLICIES = remat_lib.POLICIES  # the names Trainer(remat=...) accepts
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -97,8 +98,7 @@ class Trainer:
     ) -> None:
         if grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+        remat_lib.check(remat)
         self.loss_fn, self.tx, self.mesh, self.rules = loss_fn, tx, mesh, list(rules)
         self.grad_accum, self.remat, self.data_axis = grad_accum, remat, data_axis
         self._step = None
@@ -166,8 +166,6 @@ class Trainer:
             loss, (metrics, new_ms) = self.loss_fn(params, ms, micro, key)
             return loss, (metrics, new_ms)
 
-        if REMAT_POLICIES[self.remat] is not None:
-            objective = jax.checkpoint(objective, policy=REMAT_POLICIES[self.remat])
         grad_fn = jax.value_and_grad(objective, has_aux=True)
         if self.grad_accum == 1:
             (loss, (metrics, new_ms)), grads = grad_fn(trainable, model_state, batch, rng)
@@ -202,9 +200,19 @@ class Trainer:
 
     def _train_step(self, state, frozen, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
-        loss, metrics, new_ms, grads = self._grads(
-            state["trainable"], frozen, state["model_state"], batch, rng
-        )
+        with (
+            sharding.activation_sharding(self.mesh, self.rules, self.data_axis),
+            remat_lib.scope(self.remat) as remat_scope,
+        ):
+            loss, metrics, new_ms, grads = self._grads(
+                state["trainable"], frozen, state["model_state"], batch, rng
+            )
+        if self.remat != "none" and not remat_scope.seen:
+            raise ValueError(
+                f"remat={self.remat!r}: the model has no per-layer rematerialisation hook (LLaMA "
+                "has one; BERT, ViT and ResNet do not), and checkpointing the whole loss would "
+                "recompute the forward without lowering the peak; use remat='none'"
+            )
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
         finite = jnp.isfinite(loss) & _tree_all_finite(grads)

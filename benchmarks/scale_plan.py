@@ -22,8 +22,9 @@ Choices (also printed with the table):
 - Frozen base: ``lora`` holds it in bfloat16 (the harness's ``frozen_dtype``); ``qlora`` holds
   the linear layers in NF4 with double quantisation (blocksize 64) and the embeddings, norms and
   head in bfloat16.
-- Rematerialisation on: ``Trainer(remat="full")`` (``nothing_saveable``), as the harness
-  builds it from ``train.remat``.
+- Rematerialisation on: ``Trainer(remat="full")`` as the harness builds it from
+  ``train.remat``, which checkpoints every decoder layer (``nn.remat``, ``nothing_saveable``;
+  :mod:`adapt.remat`).
 - Meshes: FSDP = ``("data", N)`` with preset ``fsdp``; FSDP+TP = ``("data", N/4) x ("model",
   4)`` on 8 devices and ``("data", N/8) x ("model", 8)`` on 64, preset ``fsdp_tp``. Each device
   count runs in its own subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
@@ -35,30 +36,35 @@ Depth extrapolation: compiling 32 or 80 unrolled layers is too slow for the budg
 at 32 layers on 8 devices took 511 s to compile here), so every setting is compiled at 1 and 2
 layers and each byte count extrapolated as ``fixed + L * per_layer``. The run checks this once
 against a deeper compile (``--validate-layers``, default 8: 7B, LoRA, FSDP on 8 devices) and
-prints the error. Measured once at full depth (``--validate-layers 32``, 2026-11-23): the
-extrapolated peak was within 0.08% of the 32-layer compile (temp 85.60 vs 85.67 GB, arguments
-exact).
+prints the error (2026-11-23, 8 layers: peak +0.28%, temp +0.31%, arguments exact). Before
+per-layer remat it was also checked once at full depth (``--validate-layers 32``): the
+extrapolated peak was within 0.08% of the 32-layer compile.
 
 What the numbers are not: XLA:CPU's buffer assignment of this program, not a GPU's. A GPU build
 fuses differently and keeps collectives in bfloat16 (XLA:CPU promotes some to float32), so
 treat the verdicts as the plan for *this* step function on an accelerator with the same
-program, and read the columns for where the bytes go.
+program, and read the columns for where the bytes go. The worker compiles with XLA:CPU's
+memory-optimised scheduler and keeps remat's optimisation barriers until the end, as XLA:GPU
+does (:data:`benchmarks.aot_memory.SCHEDULER_FLAGS`); even so, XLA:CPU's top-down scheduler
+starts recomputing earlier layers before the backward pass reaches them, so with remat a layer
+still costs 0.37 GB of temp (7B; 0.78 GB for 70B) where its saved input is 17 MB: ``temp/L``
+is an upper bound.
 
-What the 2026-11-23 run showed (benchmarks/results/scale_plan.json), three properties of the
-library rather than of the models:
+The first run (2026-11-23) found three defects in the library, since fixed; the numbers after
+the fix are in benchmarks/results/scale_plan.json:
 
-- QLoRA's NF4 leaves are 1-D arrays, and :func:`adapt.sharding.logical_axes` gives 1-D leaves no
-  logical axis, so FSDP and TP replicate the whole quantised base on every device (35.3 GB for
-  70B): under FSDP on 64 devices QLoRA needs more memory per device than bfloat16 LoRA.
-- ``Trainer(remat="full")`` checkpoints the *whole* objective: the backward pass recomputes the
-  entire forward and keeps all of its residuals, so the peak is not lowered (at 2 layers it is 3%
-  higher than without remat). Saving memory needs checkpointing per decoder layer.
-- Nothing constrains the activations' sharding, and under FSDP (weights and batch both on
-  ``data``) GSPMD computes some projections (MLP gate/up, the LM head) as partial sums over the
-  *global* batch followed by an all-reduce, so the depth-independent temp grows with the number
-  of devices although each holds one sequence (7B: 1.0 GB on 1 device, 4.6 on 8, 33.9 on 64).
-  Attention materialises float32 ``(heads, T, T)`` scores: one 2048-token sequence of the 7B
-  model keeps about 3 GB of activations per layer.
+- QLoRA's NF4 leaves (1-D) had no logical axis and were replicated on every device (35.3 GB for
+  70B). They are now ``("quantized",)``, sharded over ``data`` by the ``fsdp`` / ``fsdp_tp``
+  presets: 70B's quantised base is 0.55 GB per device under FSDP on 64 devices. Under FSDP+TP
+  they shard over ``data`` only (their flat order mixes the kernel's dimensions), so there
+  QLoRA's base per device (4.4 GB on 8x8) exceeds bfloat16 LoRA's (2.2 GB).
+- ``Trainer(remat="full")`` checkpointed the whole loss and saved nothing (+3% at 2 layers); it
+  now checkpoints each decoder layer: at 2 layers of 7B on 8 devices the peak is 2.73 GB
+  instead of 5.40 GB without remat, temp per layer 0.37 instead of 2.18 GB.
+- Nothing pinned the activations, and under FSDP GSPMD computed the MLP and LM-head projections
+  for the *global* batch on every device: the depth-independent temp of 7B grew from 1.0 GB on
+  1 device to 4.6 on 8 and 33.9 on 64. With logical constraints on LLaMA's activations it is
+  1.84, 1.80 and 1.80 GB (70B: 5.50, 6.11, 6.11).
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.aot_memory import CODEGEN_FLAGS, RANK, STATS, run_worker
+from benchmarks.aot_memory import CODEGEN_FLAGS, RANK, SCHEDULER_FLAGS, STATS, run_worker
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale_plan.json"
 GB = 1e9
@@ -191,6 +197,11 @@ def plan_row(model: str, pair: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _per_layer_temp(pair: list[dict[str, Any]]) -> float:
+    low, high = sorted(pair, key=lambda r: r["layers"])
+    return extrapolate(low, high, 1)["per_layer"]["temp"]
+
+
 def validate(pair: list[dict[str, Any]], deep: dict[str, Any]) -> dict[str, Any]:
     """Extrapolation from ``pair`` against a compile of the same setting at ``deep``'s depth."""
     low, high = sorted(pair, key=lambda r: r["layers"])
@@ -253,13 +264,16 @@ def print_notes(rows: list[dict[str, Any]], remat: dict | None, check: dict | No
             key=lambda r: r["devices"],
         )
         if len(fsdp) > 1:
-            grows = ", ".join(
-                f"{_gb(r['fixed_bytes']['temp']).strip()} GB on {r['devices']}" for r in fsdp
+            temps = [r["fixed_bytes"]["temp"] for r in fsdp]
+            listed = ", ".join(
+                f"{_gb(t).strip()} GB on {r['devices']}" for t, r in zip(temps, fsdp, strict=True)
             )
-            print(
-                f"  {model} lora fsdp temp0: {grows} devices (one sequence per device: temp0 "
-                "growing with the device count is work done for the whole global batch)"
+            why = (
+                "grows with the device count: work done for the whole global batch"
+                if max(temps) > 1.2 * min(temps)
+                else "flat: each device computes on its own sequence"
             )
+            print(f"  {model} lora fsdp temp0: {listed} devices (one sequence per device; {why})")
     dims = sorted({d for r in rows for d in r["unsharded_dims"]})
     print(
         "dimensions the rules map to a mesh axis but left replicated: "
@@ -268,7 +282,9 @@ def print_notes(rows: list[dict[str, Any]], remat: dict | None, check: dict | No
     if remat:
         print(
             f"remat check ({remat['setting']}): peak {_gb(remat['peak_remat_full']).strip()} GB "
-            f"with remat='full', {_gb(remat['peak_remat_none']).strip()} GB with remat='none'"
+            f"with remat='full', {_gb(remat['peak_remat_none']).strip()} GB with remat='none'; "
+            f"temp per layer {_gb(remat['temp_per_layer_remat_full']).strip()} vs "
+            f"{_gb(remat['temp_per_layer_remat_none']).strip()} GB"
         )
     if check:
         err = check["relative_error"]
@@ -310,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = [(model, "lora", "fsdp", [("data", 1)]) for model in models] + settings
         jobs = [job_for(*s, layers) for s in settings for layers in DEPTHS]
         ref = ("7b", "lora", "fsdp", mesh_axes("fsdp", devices))
-        if first and "7b" in models:  # does remat="full" lower the peak? the step without it
-            jobs.append(job_for(*ref, DEPTHS[-1], remat="none"))
+        if first and "7b" in models:  # what does remat="full" save? the step without it
+            jobs += [job_for(*ref, layers, remat="none") for layers in DEPTHS]
             if args.validate_layers and args.validate_layers not in DEPTHS:
                 jobs.append(job_for(*ref, args.validate_layers))
         print(f"compiling {len(jobs)} steps on {devices} forced CPU devices ...", flush=True)
@@ -325,12 +341,15 @@ def main(argv: list[str] | None = None) -> int:
         if first and "7b" in models:
             ref_runs = by_tag[job_for(*ref, 1)["tag"]]
             pair = [r for r in ref_runs if r["layers"] in DEPTHS]
-            none = by_tag[job_for(*ref, 1, remat="none")["tag"]][0]
+            nones = by_tag[job_for(*ref, 1, remat="none")["tag"]]
+            none = max(nones, key=lambda r: r["layers"])
             full = next(r for r in pair if r["layers"] == none["layers"])
             remat = {
                 "setting": f"{none['tag'].rsplit(' ', 1)[0]}, {none['layers']} layers",
                 "peak_remat_full": peak(full["bytes"]),
                 "peak_remat_none": peak(none["bytes"]),
+                "temp_per_layer_remat_full": _per_layer_temp(pair),
+                "temp_per_layer_remat_none": _per_layer_temp(nones),
             }
             deep = [r for r in ref_runs if r["layers"] == args.validate_layers]
             if deep and args.validate_layers not in DEPTHS:
@@ -341,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(GB = 1e9 bytes, {jax_version()})\n"
         f"sequence {SEQ_LEN}, one sequence per data shard (batch = global batch), bf16 compute, "
         f"LoRA r={RANK} on all linear layers,\nAdamW state for trainable leaves only, "
-        f"remat='full'; frozen base bf16 (lora) or NF4 + double quant (qlora);\ndepth "
+        f"remat='full' per layer; frozen base bf16 (lora) or NF4 + double quant (qlora);\ndepth "
         f"extrapolated as fixed + L x per-layer from compiles at L={DEPTHS[0]} and L={DEPTHS[1]}\n"
     )
     print_table(rows)
@@ -357,9 +376,10 @@ def main(argv: list[str] | None = None) -> int:
             "lora": {"rank": RANK, "alpha": 16, "dropout": 0.0, "targets": "all_linear"},
             "optimizer": "adamw lr 2e-4, weight decay 0, state for trainable leaves only",
             "frozen": {"lora": "bfloat16", "qlora": "NF4 + double quant, blocksize 64"},
-            "remat": "full",
+            "remat": "full (per decoder layer, nothing_saveable)",
             "extrapolated_from_layers": list(DEPTHS),
             "codegen_flags": None if args.default_codegen else CODEGEN_FLAGS,
+            "scheduler_flags": SCHEDULER_FLAGS,
             "accelerators_gb": list(ACCELERATORS_GB),
         },
         "models": MODELS,

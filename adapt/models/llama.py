@@ -18,6 +18,17 @@ Two things differ from a plain encoder and are worth knowing:
   prefilled in one call and decoding continues one token (or a chunk) at a time. Writing past
   ``max_length`` is not detected under ``jit`` (``dynamic_update_slice`` clamps): size the cache
   for prompt + new tokens.
+
+Two attributes serve training at scale and change no value:
+
+- ``LlamaForCausalLM(config, remat=...)`` checkpoints every decoder layer (``nn.remat`` with a
+  policy of :data:`adapt.remat.POLICIES`; ``None``, the default, takes the policy of the
+  Trainer's :func:`adapt.remat.scope`, i.e. ``Trainer(remat=...)``). It is a module attribute,
+  not a :class:`LlamaConfig` field, because the config mirrors Hugging Face's exactly.
+- Activations carry logical axis names (``("batch", "length", "embed")`` at the layer
+  boundaries, ``"mlp"`` on the SwiGLU product, ``"vocab"`` on the logits) through
+  ``nn.with_logical_constraint``: no-ops unless a step is traced inside
+  :func:`adapt.sharding.activation_sharding`, which pins them to the mesh (MaxText's scheme).
 """
 
 from __future__ import annotations
@@ -29,10 +40,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adapt import remat as remat_lib
 from adapt.models.layers import activation, dot_product_attention
 
 Array = jax.Array
 Cache = dict[str, Any]
+RESIDUAL = ("batch", "length", "embed")  # logical axes of the residual stream (B, T, hidden)
+
+
+def _constrain(x: Array, names: tuple[str, ...]) -> Array:
+    """Pin ``x`` to the active logical-axis rules (a no-op outside a rules context)."""
+    return nn.with_logical_constraint(x, names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,9 +227,8 @@ class LlamaMLP(nn.Module):
         cfg = self.config
         gate = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x)
         up = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x)
-        return _dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(
-            activation(cfg.hidden_act)(gate) * up
-        )
+        hidden = _constrain(activation(cfg.hidden_act)(gate) * up, ("batch", "length", "mlp"))
+        return _dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(hidden)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -228,15 +245,17 @@ class LlamaDecoderLayer(nn.Module):
             kv_cache,
             cache_index,
         )
-        x = x + attn
+        x = _constrain(x + attn, RESIDUAL)
         h = LlamaRMSNorm(self.config, name="post_attention_layernorm")(x)
-        return x + LlamaMLP(self.config, name="mlp")(h), new_cache
+        return _constrain(x + LlamaMLP(self.config, name="mlp")(h), RESIDUAL), new_cache
 
 
 class LlamaModel(nn.Module):
-    """The decoder stack (HF ``LlamaModel``): ``embed_tokens``, ``layers_{i}``, ``norm``."""
+    """The decoder stack (HF ``LlamaModel``): ``embed_tokens``, ``layers_{i}``, ``norm``.
+    ``remat``: rematerialisation policy per decoder layer (see the module docstring)."""
 
     config: LlamaConfig
+    remat: str | None = None
 
     def setup(self):
         cfg = self.config
@@ -247,7 +266,8 @@ class LlamaModel(nn.Module):
             param_dtype=cfg.param_dtype,
             embedding_init=nn.initializers.normal(cfg.initializer_range),
         )
-        self.layers = [LlamaDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
+        layer = remat_lib.checkpointed(LlamaDecoderLayer, remat_lib.layer_policy(self.remat))
+        self.layers = [layer(cfg) for _ in range(cfg.num_hidden_layers)]
         self.norm = LlamaRMSNorm(cfg)
 
     def extend_inputs(self, embeddings: Array, attention_mask: Array) -> tuple[Array, Array]:
@@ -278,6 +298,7 @@ class LlamaModel(nn.Module):
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         x, attention_mask = self.extend_inputs(self.embed_tokens(input_ids), attention_mask)
+        x = _constrain(x, RESIDUAL)
         t = x.shape[1]
         mask = attention_mask.astype(jnp.int32)
         if cache is None:
@@ -310,12 +331,14 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """``model`` + ``lm_head`` (a Dense, or the transposed embedding when tied)."""
+    """``model`` + ``lm_head`` (a Dense, or the transposed embedding when tied). ``remat``:
+    rematerialisation policy per decoder layer (see the module docstring)."""
 
     config: LlamaConfig
+    remat: str | None = None
 
     def setup(self):
-        self.model = LlamaModel(self.config)
+        self.model = LlamaModel(self.config, self.remat)
         if not self.config.tie_word_embeddings:
             self.lm_head = _dense(self.config, self.config.vocab_size, False, "lm_head")
 
@@ -347,7 +370,7 @@ class LlamaForCausalLM(nn.Module):
             logits = self.model.embed_tokens.attend(h)
         else:
             logits = self.lm_head(h)
-        return {"logits": logits, **out}
+        return {"logits": _constrain(logits, ("batch", "length", "vocab")), **out}
 
 
 __all__ = [
