@@ -10,8 +10,11 @@ labelled sample) = 144 runs, reported as mean +- std of accuracy and macro-F1 on
 held-out sets, trainable-parameter percentage and wall time. Writes results/transfer_vs_scratch/
 (summary.md, summary.csv, runs.csv, plot.png). Resumable: rerunning skips finished runs.
 
-Cost: see ``RESULT`` below for what the committed run took on the project's 2-core CPU.
-``smoke=True`` runs the whole grid at 4 steps on 64 examples (minutes, for checking the wiring).
+Cost: not yet run end to end (no results committed yet). Steps per budget are few
+(configs/glue/few_labels.py STEPS: 100-300) and two runs go at once sharing a compilation cache,
+but on the project's 2-core CPU start-up and compilation (~30 s per run) alone make the 144 runs
+take well over an hour; the first full run will measure and record it here.
+``smoke=True`` runs the whole grid at 4 steps on 64 examples (for checking the wiring).
 """
 
 import ml_collections

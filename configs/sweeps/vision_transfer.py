@@ -12,6 +12,8 @@ transferred to classes 5-9 with 10 and 100 labelled images per class: scratch vs
 full fine-tuning vs LoRA; evaluated on the 5,000 test images of classes 5-9.
 3 seeds each, 300 steps per run at every budget (same compute for every method).
 Writes results/vision_transfer/ (summary.md, summary.csv, runs.csv, plot.png).
+Cost: not yet run end to end; on a 2-core CPU shared with other jobs, ResNet-20 runs took
+4-5 minutes each, so expect over an hour for the 48 runs on a loaded machine.
 ``smoke=True`` runs the grid at 4 steps (a few minutes).
 """
 
