@@ -31,6 +31,7 @@ test: lint
 bench: $(STAMP)
 	$(PY) -m benchmarks.convert
 	$(PY) -m benchmarks.methods
+	$(PY) -m benchmarks.vs_pytorch
 	$(PY) -m benchmarks.scale_plan
 
 clean:
