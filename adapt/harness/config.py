@@ -46,6 +46,12 @@ SCHEMA: dict[str, set[str] | None] = {
     "mesh": {"axes", "rules"},
     "checkpoint": {"every", "keep"},
     "export": {"hf", "native"},
+    # adapt.harness.regularize: EWC / L2-SP towards the starting weights
+    "regularizer": {"kind", "strength", "fisher_examples", "fisher_data", "fisher_batch_size"},
+    # adapt.harness.source_task: the source task's eval under its frozen head, during training
+    "source_task": {"path", "data", "eval_every", "label_names"},
+    # adapt.harness.wise: the WiSE-FT curve over alphas at the end
+    "wise_ft": {"alphas"},
 }
 
 

@@ -56,6 +56,31 @@ def _tokenizer_path(options: dict, model_path: str | None) -> Path:
 def load_data(cfg: Any, *, seed: int, model_path: str | None) -> Data:
     """Train and eval sets for ``cfg`` (a config's ``data`` section)."""
     options = to_dict(cfg)
+    if options.get("source") is None:
+        raise ConfigError("data.source is required (a file or folder of the data set)")
+    if options.get("kind") == "lm":
+        return _load_lm(options)
+    train = load_split(cfg, "train", seed=seed, model_path=model_path)
+    evaluation = load_split(cfg, "eval", seed=seed, model_path=model_path)
+    if train.label_names != evaluation.label_names:
+        raise DataError(
+            f"train and eval label maps differ: {train.label_names[:10]} vs "
+            f"{evaluation.label_names[:10]}; give data.label_names explicitly"
+        )
+    return Data(train, evaluation, len(train.label_names), list(train.label_names))
+
+
+def load_split(cfg: Any, role: str, *, seed: int, model_path: str | None) -> Any:
+    """One classification split of a ``data`` section: ``role="train"`` is ``train_split`` with
+    the selection options (``examples_per_class``, ``max_examples``), ``role="eval"`` is
+    ``eval_split`` of ``eval_source`` (default ``source``) cut to ``eval_max_examples``.
+
+    Separate from :func:`load_data` for data the run only evaluates or samples (a source task's
+    eval set, the examples of EWC's Fisher), so the split it does not need is never read.
+    """
+    if role not in ("train", "eval"):
+        raise ValueError(f"role must be 'train' or 'eval', got {role!r}")
+    options = to_dict(cfg)
     kind = options.pop("kind", None)
     source = options.pop("source", None)
     if source is None:
@@ -65,6 +90,12 @@ def load_data(cfg: Any, *, seed: int, model_path: str | None) -> Data:
     data_seed = options.pop("seed", seed)
     eval_max = options.pop("eval_max_examples", None)
     eval_source = options.pop("eval_source", None)
+    selection = {k: options.pop(k) for k in ("examples_per_class", "max_examples") if k in options}
+    train = role == "train"
+    if not train:
+        selection = {}
+    src = source if train else (eval_source or source)
+    split = train_split if train else eval_split
     if kind == "text":
         tok = _tokenizer_path(options, model_path)
         common = {
@@ -72,63 +103,54 @@ def load_data(cfg: Any, *, seed: int, model_path: str | None) -> Data:
             for k in ("max_length", "bucket_boundaries", "token_type_ids")
             if k in options
         }
-        selection = {
-            k: options.pop(k) for k in ("examples_per_class", "max_examples") if k in options
-        }
-        train = load_text_classification(
-            source, tok, split=train_split, seed=data_seed, **common, **selection, **options
-        )
-        evaluation = load_text_classification(
-            eval_source or source, tok, split=eval_split, seed=data_seed, **common, **options
+        data = load_text_classification(
+            src, tok, split=split, seed=data_seed, **common, **selection, **options
         )
     elif kind == "image":
         prep = ImagePreprocessing(**_tuples(options.pop("preprocessing", {})))
         aug_cfg = options.pop("augmentation", None)
-        aug = Augmentation(**aug_cfg) if aug_cfg else None
-        selection = {
-            k: options.pop(k) for k in ("examples_per_class", "max_examples") if k in options
-        }
-        train = load_image_classification(
-            source,
-            split=train_split,
+        aug = Augmentation(**aug_cfg) if aug_cfg and train else None
+        data = load_image_classification(
+            src,
+            split=split,
             seed=data_seed,
             preprocessing=prep,
-            augmentation=aug,
+            **({"augmentation": aug} if train else {}),
             **selection,
             **options,
         )
-        evaluation = load_image_classification(
-            eval_source or source, split=eval_split, seed=data_seed, preprocessing=prep, **options
-        )
     elif kind == "lm":
-        from adapt.convert.llama2c import SentencePieceTokenizer
-
-        tok_path = options.pop("tokenizer", None)
-        if tok_path is None:
-            raise ConfigError("data.tokenizer is required for kind 'lm' (a SentencePiece .model)")
-        tokenizer = SentencePieceTokenizer(weights.resolve(tok_path))
-        fmt = options.pop("format", "text")
-        loader = {"text": load_lm_text, "prompt_response": load_prompt_response}.get(fmt)
-        if loader is None:
-            raise ConfigError(f"data.format {fmt!r} is not 'text' or 'prompt_response'")
-        seq_len = options.pop("seq_len", 128)
-        train = loader(source, tokenizer, seq_len, **options)
-        evaluation = loader(eval_source, tokenizer, seq_len, **options) if eval_source else train
-        return Data(train, evaluation, None, None)
+        raise ConfigError("load_split reads classification data; kind 'lm' has no labels")
     else:
         raise ConfigError(f"data.kind must be text, image or lm; got {kind!r}")
-    if eval_max is not None and evaluation.num_examples > eval_max:
-        evaluation = select(evaluation, max_examples=eval_max, seed=data_seed)
-    if train.label_names != evaluation.label_names:
-        raise DataError(
-            f"train and eval label maps differ: {train.label_names[:10]} vs "
-            f"{evaluation.label_names[:10]}; give data.label_names explicitly"
-        )
-    return Data(train, evaluation, len(train.label_names), list(train.label_names))
+    if not train and eval_max is not None and data.num_examples > eval_max:
+        data = select(data, max_examples=eval_max, seed=data_seed)
+    return data
+
+
+def _load_lm(options: dict) -> Data:
+    from adapt.convert.llama2c import SentencePieceTokenizer
+
+    source = options.pop("source")
+    for key in ("kind", "train_split", "eval_split", "seed", "eval_max_examples"):
+        options.pop(key, None)
+    eval_source = options.pop("eval_source", None)
+    tok_path = options.pop("tokenizer", None)
+    if tok_path is None:
+        raise ConfigError("data.tokenizer is required for kind 'lm' (a SentencePiece .model)")
+    tokenizer = SentencePieceTokenizer(weights.resolve(tok_path))
+    fmt = options.pop("format", "text")
+    loader = {"text": load_lm_text, "prompt_response": load_prompt_response}.get(fmt)
+    if loader is None:
+        raise ConfigError(f"data.format {fmt!r} is not 'text' or 'prompt_response'")
+    seq_len = options.pop("seq_len", 128)
+    train = loader(source, tokenizer, seq_len, **options)
+    evaluation = loader(eval_source, tokenizer, seq_len, **options) if eval_source else train
+    return Data(train, evaluation, None, None)
 
 
 def _tuples(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(d).items()}
 
 
-__all__ = ["Data", "load_data"]
+__all__ = ["Data", "load_data", "load_split"]

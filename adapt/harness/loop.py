@@ -23,15 +23,17 @@ import numpy as np
 
 from adapt import optim, partition, paths, sharding
 from adapt.checkpoint import Checkpointer, PreemptionFlag
-from adapt.data import eval_batches, train_batches
+from adapt.data import train_batches
 from adapt.fingerprint import config_fingerprint, jsonable, params_fingerprint
 from adapt.harness import config as cfg_lib
 from adapt.harness.config import ConfigError, get
 from adapt.harness.data_setup import Data, load_data
+from adapt.harness.evaluation import evaluate
+from adapt.harness.hooks import RunHooks
 from adapt.harness.model_setup import Model, attach_methods, forward_fn, load_model
 from adapt.metrics import MetricsWriter, ProgressBar, plot_learning_curves, write_results
-from adapt.tasks.causal_lm import causal_lm_loss, lm_metrics
-from adapt.tasks.classification import batch_confusion, cross_entropy, metrics_from_confusion
+from adapt.tasks.causal_lm import causal_lm_loss
+from adapt.tasks.classification import cross_entropy
 from adapt.train import Trainer, check_finite, place_frozen
 
 
@@ -55,41 +57,6 @@ def _loss_fn(task: str, forward, num_labels: int | None):
         return loss, ({"tokens": sums["tokens"]}, new_state)
 
     return loss_fn
-
-
-def evaluate(
-    task: str, forward, params, model_state, data, batch_size: int, mesh, num_labels: int | None
-) -> dict:
-    """Metrics over every eval example once; sums are reduced inside the jitted step, so every
-    process ends with the same numbers."""
-
-    @jax.jit
-    def eval_step(params, model_state, batch):
-        out, _ = forward(params, model_state, batch, False, None)
-        if task == "classification":
-            w = batch["weights"]
-            losses = -jnp.take_along_axis(
-                jax.nn.log_softmax(out["logits"].astype(jnp.float32)), batch["labels"][:, None], -1
-            )[:, 0]
-            return {
-                "cm": batch_confusion(out["logits"], batch["labels"], w, num_labels),
-                "loss_sum": jnp.sum(losses * w),
-                "count": jnp.sum(w),
-            }
-        mask = batch["loss_mask"] * batch["weights"][:, None]
-        _, sums = causal_lm_loss(out["logits"], batch["labels"], mask)
-        return sums
-
-    total: dict[str, Any] = {}
-    for local in eval_batches(data, batch_size, jax.process_index(), jax.process_count()):
-        out = eval_step(params, model_state, sharding.global_batch(local, mesh))
-        total = out if not total else jax.tree.map(jnp.add, total, out)
-    total = jax.tree.map(np.asarray, total)
-    if task == "classification":
-        metrics = metrics_from_confusion(total["cm"])
-        metrics["loss"] = float(total["loss_sum"] / max(total["count"], 1))
-        return metrics
-    return lm_metrics(total["nll_sum"], total["tokens"], total["correct"])
 
 
 def _group_specs(config: Any, labels: set[str]) -> dict[str, dict]:
@@ -137,6 +104,7 @@ class Experiment:
 
 def build(config: Any) -> Experiment:
     cfg_lib.check(config)
+    RunHooks.check(config)  # the regularizer, source_task and wise_ft sections
     seed = int(get(config, "seed", 0))
     task = get(config, "task", "classification")
     if task not in ("classification", "causal_lm"):
@@ -189,6 +157,7 @@ def run(config: Any, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     config_dict = jsonable(cfg_lib.to_dict(config))
     exp = build(config)
+    hooks = RunHooks.create(exp, workdir)  # source task, regularizer, WiSE-FT; writes nothing
     data, model, stages, steps_per_stage = exp.data, exp.model, exp.stages, exp.steps_per_stage
     task, seed, mesh, forward, rng_train = exp.task, exp.seed, exp.mesh, exp.forward, exp.rng_train
     fingerprint = {
@@ -232,9 +201,12 @@ def run(config: Any, workdir: str | Path) -> dict:
         for stage_index, (rules, n_steps) in enumerate(zip(stages, steps_per_stage, strict=True)):
             stage_end = stage_start + n_steps
             if stage_end <= start:
+                if n_steps and stage_end == start:  # resumed at its end: the next one's start
+                    model.params, model.model_state = _restore_stage(exp, rules, ckpt, start)
                 stage_start = stage_end
                 continue
             trainer, trainable, frozen, frozen_full = stage_trainer(exp, rules)
+            trainer = hooks.start_stage(trainer, trainable, stage_index, step, stage_start, writer)
             trainable_count = partition.count(trainable)
             if start > stage_start:
                 abstract = trainer.abstract_state(
@@ -282,6 +254,7 @@ def run(config: Any, workdir: str | Path) -> dict:
                             data.num_labels,
                         ),
                     )
+                hooks.after_step(step, total, state, frozen, writer)
                 stop = preempt.should_stop()
                 ckpt.save(
                     step,
@@ -309,6 +282,7 @@ def run(config: Any, workdir: str | Path) -> dict:
         task, forward, model.params, model.model_state, data.eval, eval_bs, mesh, data.num_labels
     )
     writer.write(step, "eval", final)
+    extra = hooks.finish(step, writer)
     writer.close()
     ckpt.close()
     results = {
@@ -319,6 +293,7 @@ def run(config: Any, workdir: str | Path) -> dict:
         "trainable_pct": 100.0 * trainable_count / max(partition.count(model.params), 1),
         "method": get(config.get("method"), "name", "full"),
         "seed": seed,
+        **extra,
     }
     if jax.process_index() == 0:
         write_results(workdir, results)
@@ -369,6 +344,16 @@ def evaluate_workdir(workdir: str | Path, data_overrides: Mapping[str, Any] | No
         exp.data.num_labels,
     )
     return {"step": step, "eval": metrics, "data": dict(data_overrides or {})}
+
+
+def _restore_stage(exp: Experiment, rules: Any, ckpt: Checkpointer, step: int) -> tuple:
+    """``(params, model_state)`` of a finished stage from its checkpoint at ``step``."""
+    trainer, trainable, _, frozen_full = stage_trainer(exp, rules)
+    abstract = trainer.abstract_state(
+        trainable, exp.model.model_state, jax.random.key_data(exp.rng_train)
+    )
+    state, _ = ckpt.restore(abstract, step=step)
+    return partition.merge(_to_host(state["trainable"]), frozen_full), state["model_state"]
 
 
 def _to_host(tree: Any) -> Any:

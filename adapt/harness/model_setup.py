@@ -175,9 +175,14 @@ def attach_methods(model: Model, method_cfg: Any, rng: jax.Array) -> list[partit
     return stages_for(model, method_cfg)
 
 
+def head_pattern(model: Model, method_cfg: Any) -> str | None:
+    """Regex of the task head's leaves (``method.head`` or the family default); None: no head."""
+    return get(method_cfg, "head", None) or HEADS[model.family]
+
+
 def stages_for(model: Model, method_cfg: Any) -> list[partition.Rules]:
     name = get(method_cfg, "name", "full")
-    head = get(method_cfg, "head", None) or HEADS[model.family]
+    head = head_pattern(model, method_cfg)
     names = list(paths.flatten(model.params))
     if model.methods:
         stages = [[(head, "head"), *base.rules_for(model.methods), (".*", None)]]

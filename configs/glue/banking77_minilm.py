@@ -5,7 +5,8 @@ r"""Banking77 intent detection (77 classes) on all-MiniLM-L6-v2 with any adaptat
 
 Few-label budgets: per_class labelled examples of each intent (at most 35, the smallest intent's
 count; 0 = all 10,003); evaluated on the
-full test set (3,080, 40 per intent). Arguments: method, per_class, steps, seed, smoke.
+full test set (3,080, 40 per intent). Arguments: method, per_class, steps, wise (the WiSE-FT curve
+over alpha), seed, smoke.
 """
 
 from adapt.harness.config import parse_arg
@@ -13,7 +14,7 @@ from configs.glue.text_classification import base_config
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, method="lora", per_class=30, steps=600, seed=0, smoke=False)
+    arg = parse_arg(arg, method="lora", per_class=30, steps=600, wise=False, seed=0, smoke=False)
     data = dict(
         kind="text",
         source="third_party/banking77",

@@ -1,5 +1,9 @@
 """Shared recipe for text classification on all-MiniLM-L6-v2: method defaults and the config
-skeleton that ``sst2_minilm.py`` and ``banking77_minilm.py`` fill in (not a runnable config)."""
+skeleton that ``sst2_minilm.py`` and ``banking77_minilm.py`` fill in (not a runnable config).
+
+``base_config`` also reads two optional flags of the caller's arguments: ``wise`` (evaluate the
+WiSE-FT curve over alphas 0, 0.1, ..., 1 at the end; see adapt/harness/wise.py) and ``export``
+(write the trained model to ``<workdir>/export_hf``, the start of a later run)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ METHODS = {
     "lp_ft": ({"backbone": {"lr": 5e-5}}, {}),
     "scratch": ({"backbone": {"lr": 5e-4}}, {}),
 }
+WISE_ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 RECIPE_ONLY = {"full", "linear_probe", "bitfit", "gradual_unfreezing", "lp_ft", "scratch"}
 
 
@@ -63,6 +68,10 @@ def base_config(arg, *, data: dict, steps: int, head_lr: float) -> ml_collection
     c.data = data
     c.mesh = dict(axes=[("data", -1)], rules="dp")
     c.checkpoint = dict(every=max(steps // 4, 1), keep=2)
+    if arg.get("wise", False):  # WiSE-FT curve at the end (adapt.harness.wise): 11 alphas
+        c.wise_ft = dict(alphas=WISE_ALPHAS)
+    if arg.get("export", False):  # export_hf/ in the workdir: the start of a later run
+        c.export = dict(hf=True)
     if arg.smoke:  # seconds, for tests: a few steps on a few examples
         c.train.steps = 4
         c.train.batch_size = 8

@@ -1,0 +1,236 @@
+"""EWC and L2-SP in the harness: a penalty towards the starting weights added to the training loss.
+
+    config.regularizer = dict(
+        kind="ewc" | "l2sp",
+        strength=1e4,          # EWC's lambda / L2-SP's alpha: penalty = strength/2 * sum ...
+        fisher_examples=256,   # EWC: examples of the source task for the diagonal Fisher
+        fisher_data=dict(...), # EWC, optional: a data section whose *train* split gives them
+        fisher_batch_size=8,   # EWC, optional: examples per per-example-gradient batch
+    )
+
+The anchor is the starting value of the shared (backbone) leaves: the model as loaded, without
+the task head, which is new for this task and has nothing to stay close to (Li et al. 2018).
+L2-SP penalises ``strength/2 * ||theta - theta_0||^2`` over them; EWC (Kirkpatrick et al. 2017)
+weights each coordinate by the diagonal Fisher of the *source* task, which is what the anchor was
+trained for, so EWC needs ``config.source_task``: the Fisher is computed once, at the start, on
+``fisher_examples`` examples (of ``fisher_data``'s train split, or else of the source eval set)
+with the frozen source head (:mod:`adapt.harness.source_task`).
+
+Only trainable leaves that also exist in the anchor are penalised, per training stage. The anchor
+(and the Fisher) are frozen *inputs* of the jitted step, placed on the mesh like the leaves they
+mirror: not trainable, no optimizer state, not constants baked into the compiled step. The
+penalty is logged as the train metric ``penalty``; the logged ``loss`` includes it.
+
+Two interactions with the optimizer matter when choosing ``strength``. Adam is invariant to the
+scale of each coordinate's gradient, so once the penalty dominates the task gradient a larger
+strength changes nothing (smoke run: EWC at 1e12 and 1e18 ended equally far from the anchor,
+to 7 digits); the useful
+range is where the two are comparable. And a global-norm clip (``clip_norm``) on the penalised
+group lets a large penalty set the norm: every gradient is scaled down with it, the task
+gradient of weakly constrained leaves (small Fisher) vanishes, and those leaves coast on Adam's
+momentum, *farther* from the anchor than without the penalty (measured on the smoke run: EWC at
+1e12 with clipping 1.15x the unregularised distance of the encoder, without clipping 0.036x).
+Regularised runs should therefore not clip the penalised group (configs/glue/forgetting_minilm.py
+does not).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adapt import partition, paths
+from adapt.data import eval_batches, select
+from adapt.harness.config import ConfigError, get
+from adapt.harness.data_setup import load_split
+from adapt.harness.model_setup import Model, head_pattern
+from adapt.harness.source_task import data_section
+from adapt.methods.regularizers import diagonal_fisher, ewc_penalty, l2sp_penalty
+from adapt.train import Trainer, place_frozen
+
+KINDS = ("ewc", "l2sp")
+KEY = "__regularizer__"  # top-level key of the anchor/Fisher inside the step's frozen argument
+EWC_ONLY = ("fisher_examples", "fisher_data", "fisher_batch_size")
+
+
+def check(config: Any) -> None:
+    """Static checks of ``config.regularizer`` (before anything is loaded or written)."""
+    section = config.get("regularizer")
+    if section is None:
+        return
+    problems = []
+    kind = get(section, "kind")
+    if kind not in KINDS:
+        problems.append(f"regularizer.kind {kind!r} is not one of {list(KINDS)}")
+    strength = get(section, "strength")
+    if isinstance(strength, bool) or not isinstance(strength, int | float) or not strength >= 0:
+        problems.append(f"regularizer.strength must be a number >= 0, got {strength!r}")
+    if kind == "l2sp":
+        given = [k for k in EWC_ONLY if get(section, k) is not None]
+        if given:
+            problems.append(f"regularizer {given} only apply to kind 'ewc'")
+    if kind == "ewc":
+        for key, default in (("fisher_examples", 256), ("fisher_batch_size", 8)):
+            n = get(section, key, default)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                problems.append(f"regularizer.{key} must be a positive integer, got {n!r}")
+        if config.get("source_task") is None:
+            problems.append(
+                "regularizer kind 'ewc' needs a source task (config.source_task with the source "
+                "export's path and data): the Fisher is computed on the source task with its head"
+            )
+        fisher_data = get(section, "fisher_data")
+        if fisher_data is not None and (
+            not hasattr(fisher_data, "get") or fisher_data.get("kind") not in ("text", "image")
+        ):
+            problems.append("regularizer.fisher_data must be a text or image data section")
+    if problems:
+        raise ConfigError("regularizer problems:\n  " + "\n  ".join(problems))
+
+
+@dataclass
+class Regularizer:
+    """The penalty and its frozen inputs (host arrays, flat paths)."""
+
+    kind: str
+    strength: float
+    anchor: dict[str, Any]  # flat path -> starting value of a backbone leaf
+    fisher: dict[str, Any] | None  # flat path -> diagonal Fisher (EWC)
+
+    @classmethod
+    def create(cls, config: Any, model: Model, stages: list, source: Any, *, seed: int):
+        """The regularizer of ``config`` for ``model`` (methods attached, at its start), or None.
+
+        ``stages`` are the run's partitions: a regularizer that penalises no trainable leaf in
+        any stage (e.g. L2-SP with LoRA, whose trainable leaves are all new) is an error.
+        """
+        section = config.get("regularizer")
+        if section is None:
+            return None
+        head = head_pattern(model, config.get("method"))
+        anchor = {
+            p: v
+            for p, v in paths.flatten(model.base_params).items()
+            if not (head and re.fullmatch(head, p))
+        }
+        penalised = set()
+        for rules in stages:
+            flat_labels = paths.flatten(partition.label(model.params, rules))
+            penalised |= {p for p, lab in flat_labels.items() if lab is not None and p in anchor}
+        kind = get(section, "kind")
+        if not penalised:
+            raise ConfigError(
+                f"regularizer {kind!r} penalises nothing: no trainable leaf of method "
+                f"{get(config.get('method'), 'name', 'full')!r} is a backbone leaf of the starting "
+                "model (new heads and method parameters have no anchor)"
+            )
+        anchor = {p: v for p, v in anchor.items() if p in penalised}
+        fisher = None
+        if kind == "ewc":
+            fisher = source_fisher(config, model, source, sorted(penalised), seed=seed)
+        return cls(kind, float(get(section, "strength")), anchor, fisher)
+
+    def penalty(self, params: dict, inputs: dict) -> jax.Array:
+        """``strength/2 * sum [F *] (theta - anchor)^2`` over the leaves of ``inputs["anchor"]``."""
+        anchor = paths.flatten(inputs.get("anchor", {}))
+        if not anchor:
+            return jnp.zeros((), jnp.float32)
+        flat = paths.flatten(params)
+        current = paths.unflatten({p: flat[p] for p in anchor})
+        if self.kind == "l2sp":
+            return l2sp_penalty(current, paths.unflatten(anchor), self.strength, 0.0)
+        return ewc_penalty(current, paths.unflatten(anchor), inputs["fisher"], self.strength)
+
+    def loss_fn(self, inner):
+        """``inner`` (the task loss) plus the penalty; the step's params carry the inputs under
+        :data:`KEY` (see :class:`RegularizedTrainer`)."""
+
+        def loss_fn(params, model_state, batch, rng):
+            inputs = params.get(KEY, {})
+            params = {k: v for k, v in params.items() if k != KEY}
+            loss, (metrics, new_state) = inner(params, model_state, batch, rng)
+            penalty = self.penalty(params, inputs)
+            return loss + penalty, ({**metrics, "penalty": penalty}, new_state)
+
+        return loss_fn
+
+    def inputs_for(self, trainable: dict, mesh: Any, rules: Any) -> dict:
+        """This stage's frozen inputs: the anchor (and Fisher) of its trainable leaves, on the
+        mesh with the shardings of the leaves they mirror."""
+        wanted = [p for p in paths.flatten(trainable) if p in self.anchor]
+        inputs = {"anchor": paths.unflatten({p: self.anchor[p] for p in wanted})}
+        if self.fisher is not None:
+            inputs["fisher"] = paths.unflatten({p: self.fisher[p] for p in wanted})
+        return {k: place_frozen(v, mesh, rules) for k, v in inputs.items()}
+
+    def trainer(self, base: Trainer, trainable: dict) -> RegularizedTrainer:
+        """``base`` with the penalty in its loss and this stage's inputs bound to its step."""
+        return RegularizedTrainer(base, self, self.inputs_for(trainable, base.mesh, base.rules))
+
+
+class RegularizedTrainer(Trainer):
+    """A :class:`Trainer` whose step also receives the regularizer's frozen inputs.
+
+    The inputs travel inside the step's ``frozen`` argument under :data:`KEY` (never
+    differentiated, never donated, sharded like the leaves they mirror); callers keep passing the
+    plain frozen base, so evaluation code never sees them.
+    """
+
+    def __init__(self, base: Trainer, regularizer: Regularizer, inputs: dict) -> None:
+        super().__init__(
+            regularizer.loss_fn(base.loss_fn), base.tx, base.mesh, base.rules,
+            grad_accum=base.grad_accum, remat=base.remat, data_axis=base.data_axis,
+        )  # fmt: skip
+        self.inputs = inputs
+
+    def step(self, state: Any, frozen: Any, batch: Any) -> tuple[Any, dict]:
+        return super().step(state, {**frozen, KEY: self.inputs}, batch)
+
+
+def source_fisher(
+    config: Any, model: Model, source: Any, wanted: list[str], *, seed: int
+) -> dict[str, np.ndarray]:
+    """Diagonal empirical Fisher of the source task at the starting weights, for ``wanted``
+    leaves: mean over examples of ``(d log p(y|x) / d theta)^2`` with the frozen source head."""
+    section = config.regularizer
+    examples = int(get(section, "fisher_examples", 256))
+    batch_size = int(get(section, "fisher_batch_size", 8))
+    fisher_data = get(section, "fisher_data")
+    if fisher_data is not None:
+        data_cfg = data_section(config, fisher_data)
+        data_cfg["max_examples"] = examples
+        data_cfg.pop("examples_per_class", None)
+        data = load_split(data_cfg, "train", seed=seed, model_path=get(config.model, "path"))
+        if data.label_names != source.data.label_names:
+            raise ConfigError(
+                f"regularizer.fisher_data labels {data.label_names[:10]} differ from the source "
+                f"task's {source.data.label_names[:10]}; give the same label_names"
+            )
+    else:
+        data = select(source.data, max_examples=examples, seed=seed)
+    flat = paths.flatten(source.params(model.params))
+    wrt = paths.unflatten({p: flat[p] for p in wanted})
+    rest = paths.unflatten({p: v for p, v in flat.items() if p not in set(wanted)})
+    forward, model_state = source.forward, model.model_state
+
+    def log_likelihood(wrt, example):
+        batch = jax.tree.map(lambda x: x[None], example)
+        out, _ = forward(partition.merge(wrt, rest), model_state, batch, False, None)
+        logp = jax.nn.log_softmax(out["logits"][0].astype(jnp.float32))
+        return logp[example["labels"]]
+
+    def batches():
+        for batch in eval_batches(data, batch_size):
+            real = batch.pop("weights") > 0
+            yield {k: v[real] for k, v in batch.items()}
+
+    fisher = diagonal_fisher(log_likelihood, wrt, batches())
+    return {p: np.asarray(v, np.float32) for p, v in paths.flatten(fisher).items()}
+
+
+__all__ = ["KEY", "KINDS", "RegularizedTrainer", "Regularizer", "check", "source_fisher"]
