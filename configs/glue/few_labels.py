@@ -13,7 +13,9 @@ full held-out set (Banking77 test: 3,080; SST-2 dev: 872). The number of steps f
 of epochs, so every method gets the same updates. Methods and learning rates are
 configs/glue/text_classification.py's, except the linear probe's head LR (``PROBE_LR``): a probe on
 frozen features needs a larger step than a head trained along with the encoder.
-Arguments: dataset (banking77 | sst2), method, per_class, seed, smoke.
+``wise=True`` also evaluates the WiSE-FT interpolation between the start of the last training
+stage and the final weights at 11 alphas (configs/sweeps/lp_ft_wise.py).
+Arguments: dataset (banking77 | sst2), method, per_class, seed, wise, smoke.
 """
 
 from adapt.harness.config import parse_arg
@@ -25,7 +27,9 @@ PROBE_LR = 1e-2
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, dataset="banking77", method="lora", per_class=10, seed=0, smoke=False)
+    arg = parse_arg(
+        arg, dataset="banking77", method="lora", per_class=10, seed=0, wise=False, smoke=False
+    )
     if arg.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {arg.dataset!r}; choose from {sorted(DATASETS)}")
     if arg.per_class not in STEPS:
@@ -46,6 +50,8 @@ def get_config(arg=None):
     if arg.per_class and not arg.smoke:
         # never a batch larger than half the labelled set (SST-2 at 10 per class has 20)
         c.train.batch_size = min(c.train.batch_size, max(arg.per_class * num_classes // 2, 8))
+    if arg.wise:
+        c.wise_ft = dict(alphas=[round(0.1 * i, 1) for i in range(11)])
     if not arg.smoke:
         c.checkpoint.every = 0  # short runs: one checkpoint, at the end
     return c
