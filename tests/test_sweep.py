@@ -76,3 +76,31 @@ def test_parts_run_as_separate_grids_with_a_part_column(tmp_path, monkeypatch):
         bad = ml_collections.ConfigDict(dict(sweep))
         bad.base = "x.py"
         S.parts(bad)
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(p.stem for p in (REPO / "configs" / "sweeps").glob("*.py") if p.stem != "__init__"),
+)
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_every_point_of_every_sweep_config_builds_a_valid_run_config(name, arg, monkeypatch):
+    """Each run a sweep would launch gets a config its base accepts (arguments, schema), so a typo
+    fails here rather than an hour into the sweep. Nothing is trained."""
+    from adapt.harness import config as cfg_lib
+    from adapt.harness.loop import load_config_file
+
+    monkeypatch.chdir(REPO)
+    sweep = load_config_file(f"configs/sweeps/{name}.py", arg)
+    setup_dirs = {k: Path("/nonexistent") / k for k in (sweep.get("setup") or {})}
+    for spec in (sweep.get("setup") or {}).values():
+        cfg_lib.check(load_config_file(spec["base"], S.arg_string(dict(spec.get("args") or {}))))
+    count = 0
+    for part in S.parts(sweep):
+        for point in S.points(part["grid"], part.get("fixed")):
+            args = S._substitute(point, setup_dirs)
+            cfg_lib.check(load_config_file(part["base"], S.arg_string(args)))
+            count += 1
+    assert count >= 12
+    assert set(sweep.group_by) <= {
+        k for p in S.parts(sweep) for k in [*p["grid"], *(p.get("fixed") or {})]
+    }
