@@ -260,14 +260,24 @@ def test_eval_counts_every_example_exactly_once():
         np.testing.assert_array_equal(batches[-1]["x"][:, 0], labels[16:])
 
 
-def test_text_eval_pads_last_batch_with_weight_zero(sst2_dev):
+def test_text_eval_goes_shortest_first_and_pads_last_batch_with_weight_zero(sst2_dev):
     batches = list(D.eval_batches(sst2_dev, 100))
     assert len(batches) == 9 and batches[-1]["input_ids"].shape[0] == 100
     weights = np.concatenate([b["weights"] for b in batches])
     assert weights.sum() == 872 and weights[872:].sum() == 0
+    shortest_first = np.argsort(sst2_dev.lengths(), kind="stable")
     np.testing.assert_array_equal(
-        np.concatenate([b["labels"] for b in batches])[:872], sst2_dev.labels
+        np.concatenate([b["labels"] for b in batches])[:872], sst2_dev.labels[shortest_first]
     )
+    widths = [b["input_ids"].shape[1] for b in batches]
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+    in_file_order = sum(
+        sst2_dev.collate(np.arange(i, min(i + 100, 872)), slice(None), seed=0, step=0, train=False)[
+            "input_ids"
+        ].size
+        for i in range(0, 872, 100)
+    )
+    assert sum(b["input_ids"].size for b in batches[:-1]) < 0.8 * in_file_order
 
 
 # --- images ----------------------------------------------------------------------------------

@@ -16,9 +16,12 @@ and returns its contiguous block of rows ``[p*B/P, (p+1)*B/P)``, which is how
 decisions (the padded length of a text batch) are made on the global batch, so every process
 pads to the same length; augmentation randomness is drawn for the global batch and then sliced.
 
-Evaluation. :func:`eval_batches` walks the data once, in order; the last batch is filled up to
+Evaluation. :func:`eval_batches` walks the data once; the last batch is filled up to
 ``batch_size`` with copies of its first example and a ``weights`` key (1.0 real, 0.0 filler) so
-that weighted sums count every example exactly once and every batch has one shape.
+that weighted sums count every example exactly once and every batch has one shape. Data with
+lengths (text) is walked shortest first: eval metrics are sums, so the order is free, and a batch
+of similar lengths pads to the smallest bucket (Banking77 test: 3x fewer padded tokens than in
+file order).
 """
 
 from __future__ import annotations
@@ -151,13 +154,16 @@ def num_eval_batches(num_examples: int, batch_size: int) -> int:
 def eval_batches(
     data: Batchable, batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Every example once, in order; the last batch is filled up with weight-0 copies."""
+    """Every example once (shortest first where lengths are known); the last batch is filled up
+    with weight-0 copies."""
     rows = local_rows(batch_size, process_index, process_count)
     n = data.num_examples
     if n == 0:
         raise DataError("cannot evaluate on an empty data set")
+    lengths = data.lengths()
+    order = np.arange(n) if lengths is None else np.argsort(lengths, kind="stable")
     for start in range(0, n, batch_size):
-        real = np.arange(start, min(start + batch_size, n))
+        real = order[start : min(start + batch_size, n)]
         indices = np.concatenate([real, np.full(batch_size - len(real), real[0])])
         weights = (np.arange(batch_size) < len(real)).astype(np.float32)
         batch = data.collate(indices, rows, seed=0, step=0, train=False)

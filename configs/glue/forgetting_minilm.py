@@ -11,10 +11,10 @@ strength=1e6,source=workdirs/sst2_full/export_hf --workdir=workdirs/forget_ewc_1
 The second run starts from that export with a new 77-way head (methods full | lora | ewc | l2sp;
 ewc and l2sp are full fine-tuning plus the penalty of adapt/harness/regularize.py, `strength`
 being EWC's lambda or L2-SP's alpha) and evaluates the SST-2 dev set (872) with the current
-encoder and the frozen exported SST-2 head at step 0, every steps/10 steps and at the end:
+encoder and the frozen exported SST-2 head at step 0, every steps/5 steps and at the end:
 results.json holds "source_eval" (after the second task) and "source_curve"; metrics.jsonl the
 same rows under split "source". EWC's Fisher comes from 256 SST-2 training sentences.
-Banking77 accuracy is on its full test set, as in banking77_minilm.py. The backbone of full,
+Banking77 accuracy is on its full test set, as in banking77_minilm.py, once, at the end. The backbone of full,
 ewc and l2sp is not gradient-clipped (a strong penalty would dominate the clipped norm; see
 adapt/harness/regularize.py); with Adam, strengths beyond the point where the penalty dominates
 the task gradient all behave alike, so sweep strength over decades (e.g. ewc 1e2..1e8).
@@ -48,13 +48,14 @@ def get_config(arg=None):
     steps = c.train.steps
     if METHODS[arg.method] == "full":  # no backbone clipping: it defeats a strong penalty
         c.optim.groups.backbone.clip_norm = 0.0  # (adapt/harness/regularize.py); same for all
+    c.train.eval_every = 0  # the target once, at the end: the source curve is the point here
     c.model.path = arg.source  # the SST-2 export; its 2-way head is replaced by a 77-way one
     c.data.tokenizer = "all-MiniLM-L6-v2"  # an export holds weights and config only
     source_data = dict(sst2_minilm.DATA)
     c.source_task = dict(
         path=arg.source,
         data=source_data,
-        eval_every=max(steps // 10, 1),
+        eval_every=max(steps // 5, 1),
         label_names=list(source_data["label_names"]),
     )
     if arg.method in DEFAULT_STRENGTH:
