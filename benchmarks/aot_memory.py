@@ -90,7 +90,7 @@ def abstract_step(job: dict[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp
 
     from adapt import optim, partition, paths, sharding
-    from adapt.harness.loop import _loss_fn
+    from adapt.harness.loop import loss_function
     from adapt.harness.model_setup import Model, attach_methods, dummy_inputs, forward_fn
     from adapt.models.llama import LlamaConfig, LlamaForCausalLM
     from adapt.train import Trainer
@@ -122,7 +122,7 @@ def abstract_step(job: dict[str, Any]) -> dict[str, Any]:
     mesh = sharding.make_mesh([tuple(a) for a in job["axes"]])
     rules = sharding.RULE_PRESETS[job["preset"]]
     trainer = Trainer(
-        _loss_fn("causal_lm", forward_fn(model), None), tx, mesh, rules, remat=job["remat"]
+        loss_function("causal_lm", forward_fn(model), None), tx, mesh, rules, remat=job["remat"]
     )
     state = trainer.abstract_state(trainable, {}, jax.ShapeDtypeStruct((2,), jnp.uint32))
 

@@ -43,6 +43,44 @@ def test_metric_paths_and_curves_average_over_seeds():
     ]
 
 
+def test_baseline_differences_are_per_budget_and_losses_are_named():
+    def entry(method, budget, acc):
+        return {
+            "method": method,
+            "per_class": budget,
+            "accuracy": acc,
+            "accuracy_std": 0.0,
+            "macro_f1": None,
+            "macro_f1_std": 0.0,
+            "trainable_pct": 1.0,
+            "trainable_pct_std": 0.0,
+            "wall_seconds": 1.0,
+            "wall_seconds_std": 0.0,
+            "runs": 3,
+        }
+
+    summary = [entry("scratch", 10, 0.2), entry("scratch", 50, 0.6),
+               entry("lora", 10, 0.5), entry("lora", 50, 0.55), entry("probe", 50, 0.7)]  # fmt: skip
+    keys = ["per_class", "method"]
+    sweep = ml_collections.ConfigDict(
+        dict(group_by=keys, metrics=["accuracy", "macro_f1"], baseline={"method": "scratch"})
+    )
+    losses = S.compare_to_baseline(summary, keys, {"method": "scratch"}, ["accuracy", "macro_f1"])
+    assert [round(e["accuracy_vs_baseline"], 6) for e in summary] == [0, 0, 0.3, -0.05, 0.1]
+    assert all(e["macro_f1_vs_baseline"] is None for e in summary)
+    assert [(e["method"], e["per_class"]) for e in losses] == [("lora", 50)]
+    text = S.markdown(sweep, summary, keys, losses)
+    assert "| accuracy vs scratch |" in text and "| -0.0500 |" in text
+    assert text.rstrip().endswith(
+        "Rows not above method=scratch on accuracy: per_class=50; method=lora"
+    )
+    assert "Every row is above" in S.markdown(sweep, summary, keys, [])
+    with pytest.raises(ValueError, match="not among the sweep's rows"):
+        S.compare_to_baseline(summary, keys, {"method": "nothing"}, ["accuracy"])
+    with pytest.raises(ValueError, match="one group_by key"):
+        S.compare_to_baseline(summary, keys, {"seed": 0}, ["accuracy"])
+
+
 def test_parts_run_as_separate_grids_with_a_part_column(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     sweep = ml_collections.ConfigDict(
@@ -100,7 +138,10 @@ def test_every_point_of_every_sweep_config_builds_a_valid_run_config(name, arg, 
             args = S._substitute(point, setup_dirs)
             cfg_lib.check(load_config_file(part["base"], S.arg_string(args)))
             count += 1
-    assert count >= 12
+    assert count >= 6  # at least two methods x three seeds
+    for key, value in dict(sweep.get("baseline") or {}).items():  # a baseline the grid runs
+        assert key in sweep.group_by
+        assert all(value in p["grid"].get(key, []) for p in S.parts(sweep))
     assert set(sweep.group_by) <= {
         k for p in S.parts(sweep) for k in [*p["grid"], *(p.get("fixed") or {})]
     }

@@ -46,7 +46,11 @@ def _mesh_rules(config: Any) -> list[tuple[str, str]]:
     return [tuple(r) for r in rules]
 
 
-def _loss_fn(task: str, forward, num_labels: int | None):
+def loss_function(task: str, forward, num_labels: int | None):
+    """The training loss of ``task`` on ``forward``'s outputs: ``(params, model_state, batch,
+    rng) -> (loss, (metrics, new_model_state))``, what :class:`~adapt.train.Trainer` differentiates
+    (also used by benchmarks/aot_memory.py to compile the harness's exact step ahead of time)."""
+
     def loss_fn(params, model_state, batch, rng):
         out, new_state = forward(params, model_state, batch, True, rng)
         if task == "classification":
@@ -117,7 +121,7 @@ def build(config: Any) -> Experiment:
     forward = forward_fn(model, bool(get(config.model, "train_batch_stats", True)))
     return Experiment(
         config, task, seed, data, model, stages, _stage_steps(config, len(stages)), mesh,
-        _mesh_rules(config), forward, _loss_fn(task, forward, data.num_labels), rng_train,
+        _mesh_rules(config), forward, loss_function(task, forward, data.num_labels), rng_train,
     )  # fmt: skip
 
 

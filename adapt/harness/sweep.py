@@ -21,6 +21,11 @@ A sweep config's ``get_config()`` returns a ConfigDict with
 - ``curves`` (optional): ``[{"key", "x", "y"}]``: a list of per-run curves in ``results.json``
   (``results[key]`` = ``[{x: ..., y: ...}, ...]``, e.g. the WiSE-FT curve over ``alpha``),
   averaged over seeds into ``<key>.csv`` and ``<key>.png``;
+- ``baseline`` (optional): ``{grid_key: value}``, e.g. ``{"method": "scratch"}``: each summary
+  row gains ``<metric>_vs_baseline``, its mean minus the mean of the baseline row that agrees on
+  every other group key (the same part and budget), and summary.md a column for the first metric;
+  ``baseline_losses`` lists the rows that do not beat it, so a claim like "every transfer method
+  beats training from scratch at every budget" is checked by the sweep, not by eye;
 - ``keep_checkpoints`` (default False): a finished run's ``checkpoints/`` folder is deleted (its
   ``results.json``, metrics and exports stay), since a sweep of MiniLM runs would otherwise keep
   ~300 MB per run;
@@ -182,21 +187,67 @@ def summarise(sweep: Any, table: Sequence[dict], group_keys: Sequence[str]) -> l
     return summary
 
 
-def markdown(sweep: Any, summary: Sequence[dict], group_keys: Sequence[str]) -> str:
-    head = [*group_keys, *sweep.metrics, "trainable %", "wall s", "runs"]
+def compare_to_baseline(
+    summary: list[dict], group_keys: Sequence[str], baseline: Mapping[str, Any], metrics: list[str]
+) -> list[dict]:
+    """Adds ``<metric>_vs_baseline`` to every row of ``summary`` (in place); returns the rows (other
+    than the baseline's own) whose first metric does not exceed the baseline's."""
+    (key, value), *rest = baseline.items()
+    if rest or key not in group_keys:
+        raise ValueError(f"baseline must be one group_by key and its value; got {dict(baseline)}")
+    others = [k for k in group_keys if k != key]
+    base_rows = {tuple(e[k] for k in others): e for e in summary if e[key] == value}
+    if not base_rows:
+        raise ValueError(f"baseline {key}={value!r} is not among the sweep's rows")
+    losses = []
+    for e in summary:
+        ref = base_rows.get(tuple(e[k] for k in others))
+        for m in metrics:
+            ok = ref is not None and e[m] is not None and ref[m] is not None
+            e[f"{m}_vs_baseline"] = e[m] - ref[m] if ok else None
+        first = e[f"{metrics[0]}_vs_baseline"]
+        if e[key] != value and (first is None or first <= 0):
+            losses.append(e)
+    return losses
+
+
+def markdown(
+    sweep: Any,
+    summary: Sequence[dict],
+    group_keys: Sequence[str],
+    baseline_losses: Sequence[dict] | None = None,
+) -> str:
+    """The summary table (mean ± std); with a ``baseline``, a column of differences from it and
+    a closing line naming the rows that do not beat it (``baseline_losses``)."""
+    baseline = dict(sweep.get("baseline") or {})
+    first = sweep.metrics[0]
+    vs = [f"{first} vs {v}" for v in baseline.values()]
+    head = [*group_keys, *sweep.metrics, *vs, "trainable %", "wall s", "runs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
         cells = [str(e[k]) for k in group_keys]
         cells += [
             f"{e[m]:.4f} ± {e[m + '_std']:.4f}" if e[m] is not None else "-" for m in sweep.metrics
         ]
+        if vs:
+            d = e.get(f"{first}_vs_baseline")
+            cells.append("-" if d is None else f"{d:+.4f}")
         cells += [f"{e['trainable_pct']:.3f}" if e["trainable_pct"] is not None else "-"]
         cells += [
             f"{e['wall_seconds']:.0f}" if e["wall_seconds"] is not None else "-",
             str(e["runs"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if baseline:
+        ((key, value),) = baseline.items()
+        named = ["; ".join(f"{k}={e[k]}" for k in group_keys) for e in baseline_losses or []]
+        text += (
+            f"\nRows not above {key}={value} on {first}: " + " | ".join(named) + "\n"
+            if named
+            else f"\nEvery row is above {key}={value} on {first}.\n"
+        )
+    return text
 
 
 def _sort_key(v: Any) -> tuple:
@@ -336,10 +387,16 @@ def run_sweep(
     group_keys = _group_keys(sweep, with_parts)
     table = rows(sweep, results)
     summary = summarise(sweep, table, group_keys)
+    baseline = dict(sweep.get("baseline") or {})
+    losses = (
+        compare_to_baseline(summary, group_keys, baseline, list(sweep.metrics))
+        if baseline
+        else None
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "runs.csv", table)
     _write_csv(out_dir / "summary.csv", summary)
-    (out_dir / "summary.md").write_text(markdown(sweep, summary, group_keys))
+    (out_dir / "summary.md").write_text(markdown(sweep, summary, group_keys, losses))
     plot(sweep, summary, out_dir / "plot.png", [p["name"] for p in grids])
     for curve in sweep.get("curves") or []:
         ctable = curve_table(curve, results, group_keys)

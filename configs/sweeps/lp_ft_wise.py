@@ -26,6 +26,7 @@ def get_config(arg=None):
     c.fixed = {"dataset": "banking77", "wise": True, **({"smoke": True} if smoke else {})}
     c.group_by = ["per_class", "method"]
     c.metrics = ["accuracy", "macro_f1"]
+    c.baseline = {"method": "full"}  # summary.md: accuracy minus full's, per budget
     c.plot = {"x": "per_class", "series": "method", "y": "accuracy"}
     c.curves = [{"key": "wise_ft", "x": "alpha", "y": "accuracy"}]
     c.parallel = 2

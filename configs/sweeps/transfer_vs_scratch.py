@@ -41,6 +41,7 @@ def get_config(arg=None):
     ]
     c.group_by = ["per_class", "method"]
     c.metrics = ["accuracy", "macro_f1"]
+    c.baseline = {"method": "scratch"}  # summary.md: accuracy minus scratch's, per budget
     c.plot = {"x": "per_class", "series": "method", "y": "accuracy"}
     c.parallel = 2
     return c
