@@ -10,7 +10,13 @@ total number of steps, 100, split between the two stages) at 10 labelled example
 start of the last stage (LP-FT: the linear-probed model; fine-tuning: the pretrained encoder with
 its freshly initialised head). Writes results/lp_ft_wise/: summary.md/csv (final accuracy,
 macro-F1), wise_ft.csv and wise_ft.png (accuracy over alpha, mean +- std over seeds).
-Cost: COST_PLACEHOLDER
+Result (results/lp_ft_wise/, 3 seeds, Banking77 test): fine-tuning 0.496 +- 0.013, LP-FT
+0.502 +- 0.015 accuracy (a tie within one std at this budget). WiSE-FT adds 4 points to both: the
+curve peaks at alpha 0.5 for fine-tuning (0.536) and alpha 0.4 for LP-FT (0.539); alpha 0 is the
+random head (0.014) or the linear probe (0.458).
+Cost: about 25 minutes on the project's 2-core CPU, two runs at a time: ~8 minutes per run, half
+of it the 11 WiSE evaluations of the 3,080 test sentences (measured for 4 of the 6 runs; the
+other two ran earlier on a machine loaded with other jobs, so their wall_seconds read ~1,300 s).
 ``smoke=True`` runs the grid at 4 steps.
 """
 
