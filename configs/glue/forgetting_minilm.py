@@ -68,10 +68,10 @@ def get_config(arg=None):
     elif arg.strength:
         raise ValueError(f"strength applies to ewc and l2sp, not {arg.method!r}")
     if arg.smoke:
-        c.source_task.data.update(eval_max_examples=32, max_length=32, bucket_boundaries=(16, 32))
+        c.source_task.data.update(eval_max_examples=32, max_length=32, bucket_boundaries=(32,))
         c.source_task.eval_every = 2
         if arg.method == "ewc":
             c.regularizer.fisher_examples = 8
             c.regularizer.fisher_batch_size = 4
-            c.regularizer.fisher_data.update(max_length=32, bucket_boundaries=(16, 32))
+            c.regularizer.fisher_data.update(max_length=32, bucket_boundaries=(32,))
     return c
