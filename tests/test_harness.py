@@ -78,6 +78,27 @@ def test_every_method_smoke_on_sst2(tmp_path, method):
     assert 0 < results["trainable_params"] <= results["total_params"]
 
 
+def test_new_head_replaces_a_same_shape_pretrained_head_and_nothing_else():
+    """CIFAR-10's 10-way head fits Fashion-MNIST's 10 labels by shape only: model.new_head must
+    start it afresh (a kept head cost the vision sweep's linear probe 50 points)."""
+    import numpy as np
+
+    from adapt import paths
+    from adapt.harness.model_setup import load_model
+
+    section = _config("configs/vision/fmnist_resnet20.py", "method=linear_probe,smoke").model
+    assert section.new_head
+    rng = jax.random.key(0)
+    kept = paths.flatten(load_model({**section.to_dict(), "new_head": False}, 10, rng).params)
+    fresh = paths.flatten(load_model(section, 10, rng).params)
+    assert sorted(kept) == sorted(fresh)
+    changed = {p for p in kept if not np.array_equal(kept[p], fresh[p])}
+    assert changed == {"linear/kernel", "linear/bias"}
+    assert not np.any(fresh["linear/bias"])  # a fresh Dense bias; CIFAR's trained one is not 0
+    with pytest.raises(ConfigError, match="no parameter matches the head pattern 'nothing/.*'"):
+        load_model({**section.to_dict(), "head": "nothing/.*"}, 10, rng)
+
+
 def test_vit_transfer_from_an_adapt_pretrained_export(tmp_path):
     pre = tmp_path / "pre"
     run(_config("configs/vision/fmnist_vit.py", "stage=pretrain,smoke"), pre)

@@ -25,7 +25,8 @@ SCHEMA: dict[str, set[str] | None] = {
         "dtype",  # compute dtype
         "frozen_dtype",  # storage dtype of frozen leaves (None = as loaded)
         "config",  # model config fields (scratch models, overrides)
-        "head",  # regex of the task head's leaves
+        "head",  # regex of the task head's leaves (for new_head; default: the family's)
+        "new_head",  # True: a fresh head even when the checkpoint's has the right shape
         "family",  # method defaults: "bert" | "vit" | "llama" | "resnet"
         "train_batch_stats",  # ResNet: normalise with batch statistics while training
     },

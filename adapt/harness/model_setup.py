@@ -10,6 +10,7 @@ several for gradual unfreezing and LP-FT).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,8 +104,31 @@ def load_model(cfg: Any, num_labels: int | None, rng: jax.Array) -> Model:
         variables = jax.jit(lambda r: module.init(r, *dummy_inputs(model)))(rng)
         model.params = variables["params"]
         model.model_state = {k: v for k, v in variables.items() if k != "params"}
+    elif get(cfg, "new_head", False):
+        _reinitialise_head(model, get(cfg, "head", None) or HEADS[family], rng)
     model.base_params = model.params
     return model
+
+
+def _reinitialise_head(model: Model, pattern: str | None, rng: jax.Array) -> None:
+    """Fresh head leaves (``model.new_head``). A checkpoint's head is kept whenever its shape fits
+    (as ``from_pretrained`` does), which is right for the same task but wrong for a new label set
+    of the same size: CIFAR-10's ten classes are not Fashion-MNIST's, and a confidently wrong
+    head costs a linear probe most of a short run to unlearn."""
+    if pattern is None:
+        raise ConfigError(f"model.new_head: {model.family} models have no task head to replace")
+    fresh = paths.flatten(
+        jax.jit(lambda r: model.module.init(r, *dummy_inputs(model)))(rng)["params"]
+    )
+    flat = paths.flatten(model.params)
+    regex = re.compile(pattern)
+    hits = [p for p in flat if regex.fullmatch(p)]
+    if not hits:
+        raise ConfigError(
+            f"model.new_head: no parameter matches the head pattern {pattern!r}; set model.head "
+            f"to a regex of the head's leaves (e.g. one of {sorted(flat)[-3:]})"
+        )
+    model.params = paths.unflatten({**flat, **{p: fresh[p] for p in hits}})
 
 
 def dummy_inputs(model: Model) -> tuple:

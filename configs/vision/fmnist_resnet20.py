@@ -29,6 +29,7 @@ def get_config(arg=None):
         path="third_party/resnet20_cifar10",
         init="scratch" if arg.method == "scratch" else "pretrained",
         train_batch_stats=arg.method not in ("linear_probe", "bitfit"),
+        new_head=True,  # CIFAR-10's head has the right shape but the wrong classes
     )
     c.method = dict(name=arg.method)
     if arg.method == "partial":

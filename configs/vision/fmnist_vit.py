@@ -57,7 +57,12 @@ def get_config(arg=None):
         else:
             if not arg.pretrained:
                 raise ValueError("stage=transfer needs pretrained=<dir of the exported ViT>")
-            c.model = dict(kind="hf", path=arg.pretrained, architecture="ViTForImageClassification")
+            c.model = dict(
+                kind="hf",
+                path=arg.pretrained,
+                architecture="ViTForImageClassification",
+                new_head=True,  # the export's 5-way head is for classes 0-4, not 5-9
+            )
         c.method = dict(
             name=arg.method, options={"rank": 8, "alpha": 16} if arg.method == "lora" else {}
         )
