@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adapt.models.dropout import Dropout
 from adapt.models.layers import activation, dot_product_attention
 
 Array = jax.Array
@@ -125,7 +126,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = _embed(cfg, cfg.max_position_embeddings)
         self.token_type_embeddings = _embed(cfg, cfg.type_vocab_size)
         self.LayerNorm = _layer_norm(cfg)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def __call__(
         self,
@@ -150,7 +151,7 @@ class BertSelfAttention(nn.Module):
         self.query = _dense(cfg, cfg.hidden_size)
         self.key = _dense(cfg, cfg.hidden_size)
         self.value = _dense(cfg, cfg.hidden_size)
-        self.dropout = nn.Dropout(cfg.attention_probs_dropout_prob)
+        self.dropout = Dropout(cfg.attention_probs_dropout_prob)
 
     def extend_kv(self, key: Array, value: Array, key_mask: Array) -> tuple[Array, Array, Array]:
         """Extension point (no-op): prefix tuning intercepts this to prepend learned keys/values.
@@ -199,7 +200,7 @@ class BertSelfOutput(nn.Module):
     def setup(self) -> None:
         self.dense = _dense(self.config, self.config.hidden_size)
         self.LayerNorm = _layer_norm(self.config)
-        self.dropout = nn.Dropout(self.config.hidden_dropout_prob)
+        self.dropout = Dropout(self.config.hidden_dropout_prob)
 
     def __call__(self, hidden: Array, residual: Array, deterministic: bool = True) -> Array:
         hidden = self.dropout(self.dense(hidden), deterministic=deterministic)
@@ -386,9 +387,9 @@ class RobertaClassificationHead(nn.Module):
     @nn.compact
     def __call__(self, hidden: Array, deterministic: bool = True) -> Array:
         cfg = self.config
-        x = nn.Dropout(cfg.head_dropout)(hidden[:, 0], deterministic=deterministic)
+        x = Dropout(cfg.head_dropout)(hidden[:, 0], deterministic=deterministic)
         x = jnp.tanh(_dense(cfg, cfg.hidden_size, name="dense")(x))
-        x = nn.Dropout(cfg.head_dropout)(x, deterministic=deterministic)
+        x = Dropout(cfg.head_dropout)(x, deterministic=deterministic)
         return _dense(cfg, cfg.num_labels, name="out_proj")(x)
 
 
@@ -406,7 +407,7 @@ class BertForSequenceClassification(_TaskModel):
             return RobertaClassificationHead(cfg, name="classifier")(
                 out["last_hidden_state"], deterministic
             )
-        pooled = nn.Dropout(cfg.head_dropout)(out["pooler_output"], deterministic=deterministic)
+        pooled = Dropout(cfg.head_dropout)(out["pooler_output"], deterministic=deterministic)
         return _dense(cfg, cfg.num_labels, name="classifier")(pooled)
 
 
@@ -416,7 +417,7 @@ class BertForTokenClassification(_TaskModel):
     @nn.nowrap
     def head(self, backbone: BertModel, out: dict[str, Any], deterministic: bool) -> Array:
         cfg = self.config
-        hidden = nn.Dropout(cfg.head_dropout)(out["last_hidden_state"], deterministic=deterministic)
+        hidden = Dropout(cfg.head_dropout)(out["last_hidden_state"], deterministic=deterministic)
         return _dense(cfg, cfg.num_labels, name="classifier")(hidden)
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from adapt import paths
 from adapt.models import layers
+from adapt.models.dropout import Dropout
 
 Array = jax.Array
 
@@ -182,7 +183,7 @@ class ViTEmbeddings(nn.Module):
         pos = interpolate_position_embeddings(pos, (gh, gw), (h // ph, w // pw))  # no-op if same
         cls = jnp.broadcast_to(cls_token.astype(cfg.dtype), (patches.shape[0], 1, cfg.hidden_size))
         x = jnp.concatenate([cls, patches.astype(cfg.dtype)], axis=1) + pos.astype(cfg.dtype)
-        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class ViTSelfAttention(nn.Module):
@@ -214,7 +215,7 @@ class ViTSelfAttention(nn.Module):
         query, key, value = project("query"), project("key"), project("value")
         key, value, key_mask = self.extend_kv(key, value, attention_mask.astype(bool))
         mask = layers.padding_mask(key_mask)
-        drop = nn.Dropout(cfg.attention_probs_dropout_prob, deterministic=deterministic)
+        drop = Dropout(cfg.attention_probs_dropout_prob, deterministic=deterministic)
         out = self.sdpa(query, key, value, mask, drop)
         return out.reshape(*out.shape[:2], cfg.hidden_size)
 
@@ -225,7 +226,7 @@ class ViTSelfOutput(nn.Module):
     @nn.compact
     def __call__(self, hidden_states: Array, deterministic: bool) -> Array:
         x = _dense(self.config, self.config.hidden_size, "dense")(hidden_states)
-        return nn.Dropout(self.config.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(self.config.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class ViTAttention(nn.Module):
@@ -254,7 +255,7 @@ class ViTOutput(nn.Module):
     @nn.compact
     def __call__(self, hidden_states: Array, deterministic: bool) -> Array:
         x = _dense(self.config, self.config.hidden_size, "dense")(hidden_states)
-        return nn.Dropout(self.config.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(self.config.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class ViTLayer(nn.Module):
