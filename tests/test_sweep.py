@@ -136,7 +136,12 @@ def test_every_point_of_every_sweep_config_builds_a_valid_run_config(name, arg, 
     for part in S.parts(sweep):
         for point in S.points(part["grid"], part.get("fixed")):
             args = S._substitute(point, setup_dirs)
-            cfg_lib.check(load_config_file(part["base"], S.arg_string(args)))
+            run_cfg = load_config_file(part["base"], S.arg_string(args))
+            cfg_lib.check(run_cfg)
+            per_class, data = run_cfg.data.get("examples_per_class"), run_cfg.data
+            classes = data.get("classes") or data.get("label_names")
+            if per_class and classes:  # batches drop the remainder: one batch must fit
+                assert run_cfg.train.batch_size <= per_class * len(classes), (part["name"], point)
             count += 1
     assert count >= 6  # at least two methods x three seeds
     for key, value in dict(sweep.get("baseline") or {}).items():  # a baseline the grid runs

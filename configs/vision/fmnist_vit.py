@@ -91,6 +91,8 @@ def get_config(arg=None):
     )
     if arg.per_class:
         c.data.examples_per_class = arg.per_class
+        # never a batch over half the labelled set (10 per class x 5 classes = 50 -> 24)
+        c.train.batch_size = min(c.train.batch_size, max(arg.per_class * len(classes) // 16 * 8, 8))
     c.mesh = dict(axes=[("data", -1)], rules="dp")
     c.checkpoint = dict(every=max(arg.steps // 4, 1), keep=2)
     if arg.smoke:
