@@ -16,3 +16,29 @@ def test_readme_library_example_runs(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(example, "README.md", "exec"), scope)  # noqa: S102 - that is the point
     assert (tmp_path / "out" / "config.json").exists()
+
+
+def _numbers_in(path: Path) -> set[str]:
+    """Every number in a results CSV, as the README may quote it: 3 decimals, a percent with 1
+    decimal, or exact (accuracy 0.4956 -> "0.496" or "49.6"; alpha 0.5 -> "0.5")."""
+    out: set[str] = set()
+    for cell in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", path.read_text()):
+        value = float(cell)
+        out |= {f"{value:.3f}", f"{100 * value:.1f}", f"{value:+.3f}", f"{value:g}"}
+    return out
+
+
+def test_readme_results_quote_the_committed_csvs():
+    """Each paragraph of "## Results" names its sweep's folder (results/<name>/); every decimal
+    number in it must be one of that folder's CSV values, rounded as quoted."""
+    section = README.read_text().split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+    paragraphs = [p for p in section.split("\n\n") if re.search(r"results/\w+/", p)]
+    assert paragraphs, "README lost its results section"
+    for paragraph in paragraphs:
+        folders = set(re.findall(r"results/(\w+)/", paragraph))
+        csvs = [f for name in folders for f in (README.parent / "results" / name).glob("*.csv")]
+        assert csvs, f"no committed CSVs for {sorted(folders)}"
+        known = set().union(*(_numbers_in(f) for f in csvs))
+        quoted = re.findall(r"(?<![\w.])[+-]?\d+\.\d+", paragraph)
+        unknown = [q for q in quoted if q not in known and q.lstrip("+") not in known]
+        assert not unknown, f"README quotes {unknown}, not in {[f.name for f in csvs]}"
