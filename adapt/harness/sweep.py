@@ -23,8 +23,8 @@ A sweep config's ``get_config()`` returns a ConfigDict with
   averaged over seeds into ``<key>.csv`` and ``<key>.png``;
 - ``baseline`` (optional): ``{grid_key: value}``, e.g. ``{"method": "scratch"}``: each summary
   row gains ``<metric>_vs_baseline``, its mean minus the mean of the baseline row that agrees on
-  every other group key (the same part and budget), and summary.md a column for the first metric;
-  ``baseline_losses`` lists the rows that do not beat it, so a claim like "every transfer method
+  every other group key (the same part and budget), and summary.md a column for the first metric
+  and a closing line naming the rows that do not beat it, so a claim like "every transfer method
   beats training from scratch at every budget" is checked by the sweep, not by eye;
 - ``keep_checkpoints`` (default False): a finished run's ``checkpoints/`` folder is deleted (its
   ``results.json``, metrics and exports stay), since a sweep of MiniLM runs would otherwise keep
