@@ -18,8 +18,10 @@ Banking77 accuracy is on its full test set, as in banking77_minilm.py, once, at 
 ewc and l2sp is not gradient-clipped (a strong penalty would dominate the clipped norm; see
 adapt/harness/regularize.py); with Adam, strengths beyond the point where the penalty dominates
 the task gradient all behave alike, so sweep strength over decades (e.g. ewc 1e2..1e8).
-Expected result: not measured yet (about 1 h of the project's 2-core CPU for the SST-2 run and
-40 min per Banking77 run). Only the smoke variant has run: it checks the wiring, not the numbers.
+Expected result (configs/sweeps/forgetting.py, the source run at 300 steps, 100 Banking77 steps at
+10 per intent, 2 seeds): SST-2 dev 0.843 before; after, 0.813 plain, 0.820 L2-SP (0.1), 0.822 LoRA,
+0.830 / 0.838 / 0.843 EWC 1e4 / 1e6 / 1e8, at Banking77 test accuracy 0.48, 0.46, 0.38,
+0.47 / 0.42 / 0.37. About 5 min per plain run and 8 min per EWC run on the project's 2-core CPU.
 Arguments: method, strength (0 = the method's default), per_class, steps, source, seed, smoke.
 """
 

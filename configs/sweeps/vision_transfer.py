@@ -10,10 +10,16 @@ Part ``vit`` (configs/vision/fmnist_vit.py): a 4-layer ViT pretrained by adapt f
 Fashion-MNIST classes 0-4 (the ``setup`` run, exported as a Hugging Face ViT directory) and
 transferred to classes 5-9 with 10 and 100 labelled images per class: scratch vs linear probe vs
 full fine-tuning vs LoRA; evaluated on the 5,000 test images of classes 5-9.
-3 seeds each, 100 steps of 64 images per run at every budget (the same compute for every
-method; at 10 per class that is 64 epochs, at 100 per class 6.4).
+3 seeds each, 100 steps per run at every budget (the same compute for every method), batches of
+64 images (ViT at 10 per class: 24, since its labelled set is 50 images).
 Writes results/vision_transfer/ (summary.md, summary.csv, runs.csv, plot.png).
-Cost: COST_PLACEHOLDER
+Cost: about 25 min on the project's 2-core CPU (ResNet runs 40-130 s, ViT runs 11-23 s, two at a
+time; the ViT pretraining 128 s).
+Measured (2026-11-23), test accuracy at 10 / 100 per class. ResNet-20: scratch 0.650 / 0.753, full
+fine-tuning 0.723 / 0.811, linear probe 0.473 / 0.529, BitFit 0.492 / 0.492. ViT: scratch
+0.614 / 0.667, full 0.737 / 0.814, LoRA 0.712 / 0.754, linear probe 0.610 / 0.652. Full fine-tuning
+beats scratch everywhere; the frozen CIFAR-10 features (and BatchNorm statistics) do not suit
+28x28 grey clothing, so the probe and BitFit lose to scratch on the ResNet.
 ``smoke=True`` runs the grid at 4 steps (a few minutes).
 """
 
