@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapt import optim, partition, paths, weights
+from adapt import optim, partition, paths, weights, xla_defaults
 from adapt.convert.hf import load_pretrained
 from adapt.methods import base, build, recipes
 from adapt.step import jit_train_step
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(CHOICES))
     parser.add_argument("--out", default="benchmarks/results/methods.json")
     args = parser.parse_args()
+    xla_defaults.apply()  # adapt's CPU flags, as the experiments run
     model, params, _ = load_pretrained(
         weights.resolve("all-MiniLM-L6-v2"),
         architecture="BertForSequenceClassification",

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adapt import partition, paths
+from adapt import partition, paths, xla_defaults
 from adapt.convert.llama2c import load_llama2c
 from adapt.methods import ALL_LINEAR, LoRA, base
 from adapt.methods.qlora import QLoRA, quantize_base
@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128, help="tokens per row (TinyLlama stack)")
     parser.add_argument("--out", default="benchmarks/results/qlora.json")
     args = parser.parse_args()
+    xla_defaults.apply()  # adapt's CPU flags, as the experiments run
     rng = np.random.default_rng(0)
 
     model, params, config = load_llama2c(

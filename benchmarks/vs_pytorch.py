@@ -30,6 +30,10 @@ of one run, and read the load average the output reports. ``--rounds N`` runs ea
 (framework, mode) in N processes, alternating with the other framework, and pools their steps;
 the CPU seconds per step (all threads) are reported beside wall time because they suffer less
 from other jobs on the machine.
+
+adapt runs with the XLA flags of :mod:`adapt.xla_defaults` (YNNPACK fusions off), as its
+experiments do; ``ADAPT_XLA_DEFAULTS=0`` measures XLA's own defaults instead. The flags in force
+are recorded in the JSON (``machine.xla_flags``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from adapt import xla_defaults
 
 MODES = ("forward", "full", "lora")
 BATCH, LENGTH, LABELS = 32, 128, 2
@@ -293,7 +299,11 @@ def run_worker(framework: str, mode: str, args: argparse.Namespace) -> dict[str,
         cmd += ["--no-dropout"] if args.no_dropout else []
         subprocess.run(cmd, check=True)
         result = json.loads(Path(f.name).read_text())
-    print(f"  {framework:<5} {mode:<8} {result.get('median_s', 0):.3f} s", flush=True)
+    if "peak_flops" in result:
+        shown = f"{result['peak_flops'] / 1e9:.1f} GFLOP/s"
+    else:
+        shown = f"{result['median_s']:.3f} s"
+    print(f"  {framework:<5} {mode:<8} {shown}", flush=True)
     return result
 
 
@@ -424,6 +434,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:mode, internal
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    xla_defaults.apply()  # before any JAX computation; the worker processes inherit it
 
     if args.worker:
         framework, mode = args.worker.split(":")

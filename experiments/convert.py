@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
-from adapt import paths
+from adapt import paths, xla_defaults
 from adapt.convert import hf, llama2c, native
 
 _INPUT = flags.DEFINE_string("input", None, "HF model dir, adapt model dir or llama2.c .bin file.")
@@ -43,6 +43,7 @@ def load_any(path: Path, architecture: str | None):
 
 def main(argv):
     del argv
+    xla_defaults.apply()
     src, out = Path(_INPUT.value), Path(_OUTPUT.value)
     params, config, architecture = load_any(src, _ARCH.value)
     if _TARGET.value == "hf":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from adapt import xla_defaults
 from adapt.harness.loop import load_config_file, run
 from adapt.metrics import read_metrics
 
@@ -47,6 +48,7 @@ def plot(workdirs: dict[str, Path], out: Path) -> None:
 
 def main(argv) -> None:
     del argv
+    xla_defaults.apply()
     logging.set_verbosity(logging.WARNING)
     root = Path(_ROOT.value)
     rows, workdirs = [], {}

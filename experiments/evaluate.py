@@ -13,6 +13,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from adapt import xla_defaults
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json, checkpoints).")
 _DATA = flags.DEFINE_multi_string("data", [], "key=value overrides of the data section.")
 
@@ -29,6 +31,7 @@ def _parse(item: str):
 
 def main(argv):
     del argv
+    xla_defaults.apply()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     from adapt.harness.loop import evaluate_workdir

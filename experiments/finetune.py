@@ -15,6 +15,8 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from adapt import xla_defaults
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (path[:arg]).", lock_config=True
 )
@@ -27,6 +29,7 @@ _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Fake this many CPU device
 
 def main(argv):
     del argv
+    xla_defaults.apply()
     import jax
 
     if not flags.FLAGS["verbosity"].present:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from tokenizers import Tokenizer
 
-from adapt import weights
+from adapt import weights, xla_defaults
 from adapt.convert.hf import load_pretrained
 from adapt.models.bert import mean_pool
 
@@ -28,6 +28,7 @@ SENTENCES = [
 
 
 def main() -> None:
+    xla_defaults.apply()
     path = weights.resolve("all-MiniLM-L6-v2")
     start = time.perf_counter()
     model, params, _ = load_pretrained(path)

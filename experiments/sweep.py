@@ -14,6 +14,8 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from adapt import xla_defaults
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
 _WORKDIRS = flags.DEFINE_string("workdirs", "workdirs/sweeps", "Root of the runs' workdirs.")
 _OUT = flags.DEFINE_string("out", None, "Where tables and plots go (default results/<name>).")
@@ -22,6 +24,7 @@ _FLAGS = flags.DEFINE_multi_string("run_flag", [], "Extra flags for every run (e
 
 def main(argv):
     del argv
+    xla_defaults.apply()
     from adapt.harness.sweep import run_sweep
 
     sweep = _CONFIG.value

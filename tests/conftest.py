@@ -1,4 +1,5 @@
-"""Test-wide set-up: 8 fake CPU devices (before JAX starts), offline hubs, shared fixtures."""
+"""Test-wide set-up: 8 fake CPU devices and adapt's XLA flags (before JAX starts), offline
+hubs, shared fixtures."""
 
 import os
 
@@ -7,6 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from adapt import xla_defaults  # noqa: E402
+
+xla_defaults.apply()  # tests run with the XLA flags the experiments use
 
 from pathlib import Path  # noqa: E402
 
