@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from adapt.models.dropout import Dropout
-from adapt.models.layers import activation, dot_product_attention
+from adapt.models.layers import activation, dot_product_attention, flat_dot_general
 
 Array = jax.Array
 Dtype = Any
@@ -77,6 +77,7 @@ def _dense(config: BertConfig, features: int, name: str | None = None) -> nn.Den
         features,
         dtype=config.dtype,
         param_dtype=config.param_dtype,
+        dot_general=flat_dot_general,
         kernel_init=nn.initializers.normal(config.initializer_range),
         name=name,
     )

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from adapt import remat as remat_lib
-from adapt.models.layers import activation, dot_product_attention
+from adapt.models.layers import activation, dot_product_attention, flat_dot_general
 
 Array = jax.Array
 Cache = dict[str, Any]
@@ -150,6 +150,7 @@ def _dense(cfg: LlamaConfig, features: int, bias: bool, name: str) -> nn.Dense:
         use_bias=bias,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
+        dot_general=flat_dot_general,
         kernel_init=nn.initializers.normal(cfg.initializer_range),
         name=name,
     )
