@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adapt.models.affine import Dense, LayerNorm
 from adapt.models.dropout import Dropout
 from adapt.models.layers import activation, dot_product_attention, flat_dot_general
 
@@ -72,8 +73,8 @@ class BertConfig:
         return self.classifier_dropout
 
 
-def _dense(config: BertConfig, features: int, name: str | None = None) -> nn.Dense:
-    return nn.Dense(
+def _dense(config: BertConfig, features: int, name: str | None = None) -> Dense:
+    return Dense(
         features,
         dtype=config.dtype,
         param_dtype=config.param_dtype,
@@ -83,10 +84,10 @@ def _dense(config: BertConfig, features: int, name: str | None = None) -> nn.Den
     )
 
 
-def _layer_norm(config: BertConfig, name: str | None = None) -> nn.LayerNorm:
+def _layer_norm(config: BertConfig, name: str | None = None) -> LayerNorm:
     # Two-pass variance, as torch computes it: the one-pass E[x^2]-E[x]^2 form costs digits that
     # the 1e-5 parity tests notice.
-    return nn.LayerNorm(
+    return LayerNorm(
         epsilon=config.layer_norm_eps,
         dtype=config.dtype,
         param_dtype=config.param_dtype,

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from adapt import remat as remat_lib
+from adapt.models.affine import Dense
 from adapt.models.layers import activation, dot_product_attention, flat_dot_general
 
 Array = jax.Array
@@ -144,8 +145,8 @@ class LlamaRMSNorm(nn.Module):
         return (scale.astype(cfg.dtype) * xf.astype(cfg.dtype)).astype(cfg.dtype)
 
 
-def _dense(cfg: LlamaConfig, features: int, bias: bool, name: str) -> nn.Dense:
-    return nn.Dense(
+def _dense(cfg: LlamaConfig, features: int, bias: bool, name: str) -> Dense:
+    return Dense(
         features,
         use_bias=bias,
         dtype=cfg.dtype,

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from adapt import paths
 from adapt.models import layers
+from adapt.models.affine import Dense, LayerNorm
 from adapt.models.dropout import Dropout
 
 Array = jax.Array
@@ -113,8 +114,8 @@ def resize_position_embeddings(
 
 
 # ----------------------------------------------------------------------------------- modules
-def _dense(cfg: ViTConfig, features: int, name: str, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(
+def _dense(cfg: ViTConfig, features: int, name: str, use_bias: bool = True) -> Dense:
+    return Dense(
         features,
         use_bias=use_bias,
         dtype=cfg.dtype,
@@ -125,9 +126,9 @@ def _dense(cfg: ViTConfig, features: int, name: str, use_bias: bool = True) -> n
     )
 
 
-def _layer_norm(cfg: ViTConfig, name: str) -> nn.LayerNorm:
+def _layer_norm(cfg: ViTConfig, name: str) -> LayerNorm:
     # Two-pass variance like torch; the fast E[x^2]-E[x]^2 form loses ~1e-6 to cancellation.
-    return nn.LayerNorm(
+    return LayerNorm(
         epsilon=cfg.layer_norm_eps,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
