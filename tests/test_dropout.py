@@ -25,10 +25,11 @@ def test_mask_drops_the_quantised_rate_and_keeps_the_expectation(shape):
 
 
 def test_neighbouring_elements_are_independent():
-    """The four bytes of one 32-bit draw land on neighbouring elements: no correlation between them
-    (nor any position within a word dropped more often)."""
+    """The four bytes of one 32-bit word land on neighbouring elements, and the two words of one
+    threefry evaluation on elements half a row apart (128 here): no correlation between them,
+    nor any position within a word dropped more often."""
     keep = np.asarray(dropout_mask(jax.random.key(2), (2000, 256), 0.5)).astype(np.float64)
-    for lag in (1, 2, 3, 4):
+    for lag in (1, 2, 3, 4, 128):
         corr = np.corrcoef(keep[:, :-lag].ravel(), keep[:, lag:].ravel())[0, 1]
         assert abs(corr) < 0.01, (lag, corr)
     by_byte = keep.reshape(2000, 64, 4).mean(axis=(0, 1))
