@@ -7,8 +7,8 @@ probabilities). Here an element is dropped when its random byte is below ``round
 and each threefry2x32 evaluation yields eight such bytes: both of its 32-bit output words
 (``jax.random.bits`` XORs them into one), four bytes each. The counters are laid out over the
 input's leading axes like ``jax.random.bits``'s, so a batch-sharded input gets a batch-sharded
-mask. The attention-probability mask of a MiniLM layer (32 x 12 x 128 x 128) takes ~5 ms on the
-project's 2-core CPU against ~11 ms with one 32-bit draw per four bytes and ~100 ms for
+mask. The attention-probability mask of a MiniLM layer (32 x 12 x 128 x 128) takes ~6 ms on the
+project's 2-core CPU against ~12 ms with one 32-bit draw per four bytes and ~100 ms for
 ``nn.Dropout``'s. FlashAttention quantises its dropout probability to 8 bits the same way.
 
 The cost: the drop probability is ``round(rate * 256) / 256`` (0.1 -> 0.1016). Kept values are
