@@ -10,12 +10,12 @@ all 10,003; SST-2: 10 and 50 per class) x 3 seeds (each seed draws its own label
 trainable-parameter percentage and wall time. Writes results/transfer_vs_scratch/ (summary.md,
 summary.csv, runs.csv, plot.png). Resumable: rerunning skips finished runs.
 
-Cost: about 3.5 hours on the project's 2-core CPU (two runs at a time), over the one-hour
-target: 96 separate processes, each with about a minute of start-up, compilation and evaluation
-on the full held-out set besides its training steps. Measured so far, two runs sharing the
-2 cores: Banking77 at 10 per intent 1-4 minutes per run; all of Banking77 (300 steps of 32
-sentences) about 9.5 minutes for full fine-tuning and 5 for LoRA. The exact total and the results go here once the sweep has
-completed on a quiet machine.
+Cost: about 3.5 hours on the project's 2-core CPU (two runs at a time), over the one-hour target:
+96 separate processes, each with about a minute of start-up, compilation and evaluation on the full
+held-out set besides its training steps. Measured so far, two runs sharing the 2 cores: Banking77
+at 10 per intent 1-4 minutes per run; all of Banking77 (300 steps of 32 sentences) about 9.5
+minutes for full fine-tuning and 5 for LoRA. The exact total and the results go here once the sweep
+has completed on a quiet machine.
 ``smoke=True`` runs the whole grid at 4 steps on 64 examples (for checking the wiring).
 """
 
