@@ -36,6 +36,12 @@ def test_neighbouring_elements_are_independent():
     np.testing.assert_allclose(by_byte, 0.5, atol=0.01)
 
 
+def test_other_prng_implementations_draw_through_jax_random_bits():
+    keep = np.asarray(dropout_mask(jax.random.key(8, impl="rbg"), (500, 64), 0.25))
+    assert keep.shape == (500, 64)
+    assert abs(keep.mean() - 0.75) < 5 * np.sqrt(0.75 * 0.25 / keep.size)
+
+
 def test_identity_when_deterministic_or_rate_zero_and_zero_at_rate_one():
     x = jax.random.normal(jax.random.key(3), (8, 16))
     rngs = {"dropout": jax.random.key(4)}

@@ -68,7 +68,10 @@ def _threefry_word_pairs(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """
     size = math.prod(shape)
     if size >= 2**32:
-        raise ValueError(f"dropout mask of {size} x 8 elements is larger than 2**35; split it")
+        raise ValueError(
+            f"a dropout mask of {size * 8} elements is over the 2**35 this counter layout covers;"
+            " apply dropout to smaller pieces of the input"
+        )
     data = (
         jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     )
@@ -78,7 +81,7 @@ def _threefry_word_pairs(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         counter = counter + lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
         stride *= shape[axis]
     high, low = threefry2x32_p.bind(data[0], data[1], jnp.zeros(shape, jnp.uint32), counter)
-    # side by side rather than interleaved: the same bytes, and half the time on CPU
+    # side by side rather than interleaved: the same bytes in another order, half the time on CPU
     return jnp.concatenate([high, low], axis=-1)
 
 
