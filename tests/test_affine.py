@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from adapt.models.affine import Dense, LayerNorm, column_sum
-from adapt.models.layers import flat_dot_general
 
 
 def _compare(ours: nn.Module, flax_module: nn.Module, x: jax.Array, rtol: float, atol: float):
@@ -52,8 +51,20 @@ def _compare(ours: nn.Module, flax_module: nn.Module, x: jax.Array, rtol: float,
 @pytest.mark.parametrize("shape", [(4, 6, 8), (5, 8), (2, 3, 4, 8)])
 def test_dense_matches_flax(shape):
     x = jax.random.normal(jax.random.key(1), shape)
-    kw = dict(features=12, dot_general=flat_dot_general)
+    _compare(Dense(12), nn.Dense(12), x, rtol=1e-5, atol=1e-5)
+    kw = dict(features=12, dot_general=jax.lax.dot_general)  # a given contraction is used as is
     _compare(Dense(**kw), nn.Dense(**kw), x, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_contracts_a_flattened_input_by_default():
+    x = jnp.ones((4, 6, 8))
+    params = Dense(12).init(jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(Dense(12).apply)(params, x)
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert [d.invars[0].aval.shape for d in dots] == [(24, 8)]
+    given = jax.make_jaxpr(Dense(12, dot_general=jax.lax.dot_general).apply)(params, x)
+    dots = [e for e in given.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert [d.invars[0].aval.shape for d in dots] == [(4, 6, 8)]
 
 
 def test_dense_without_bias_and_in_bfloat16():

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from adapt.models.layers import flat_dot_general
+
 Array = jax.Array
 
 
@@ -65,7 +67,11 @@ scale_shift.defvjp(_scale_shift_fwd, _scale_shift_bwd)
 
 
 class Dense(nn.Dense):
-    """``flax.linen.Dense`` (same fields and parameters) with the bias added by :func:`add_bias`."""
+    """``flax.linen.Dense`` (same fields and parameters) with the bias added by :func:`add_bias`.
+
+    Unless a ``dot_general`` is given, the input is contracted as a 2-D matrix
+    (:func:`adapt.models.layers.flat_dot_general`): same values, faster kernel gradient on CPU.
+    """
 
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
@@ -78,7 +84,8 @@ class Dense(nn.Dense):
             else None
         )
         inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        dot_general = self.dot_general if self.dot_general is not None else lax.dot_general
+        # default contraction: (..., in) flattened to 2-D, one plain matmul forward and back
+        dot_general = self.dot_general if self.dot_general is not None else flat_dot_general
         if self.dot_general_cls is not None:
             dot_general = self.dot_general_cls()
         y = dot_general(
@@ -86,7 +93,7 @@ class Dense(nn.Dense):
         )
         if bias is None:
             return y
-        return add_bias(y, bias.astype(y.dtype))
+        return add_bias(y, bias.astype(y.dtype))  # a custom dot_general may return another dtype
 
 
 class LayerNorm(nn.LayerNorm):

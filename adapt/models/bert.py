@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from adapt.models.affine import Dense, LayerNorm
 from adapt.models.dropout import Dropout
-from adapt.models.layers import activation, dot_product_attention, flat_dot_general
+from adapt.models.layers import activation, dot_product_attention
 
 Array = jax.Array
 Dtype = Any
@@ -78,7 +78,6 @@ def _dense(config: BertConfig, features: int, name: str | None = None) -> Dense:
         features,
         dtype=config.dtype,
         param_dtype=config.param_dtype,
-        dot_general=flat_dot_general,
         kernel_init=nn.initializers.normal(config.initializer_range),
         name=name,
     )

@@ -44,8 +44,9 @@ def dropout_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Arr
     if not shape:
         return jax.random.bits(key, (), jnp.uint8) >= threshold
     *lead, last = shape
-    if _is_threefry(key):  # both output words of each threefry evaluation: 8 bytes per draw
-        words = _threefry_word_pairs(key, (*lead, math.ceil(last / 8)))
+    key_data = _threefry_key_data(key)
+    if key_data is not None:  # both output words of each threefry evaluation: 8 bytes per draw
+        words = _threefry_word_pairs(key_data, (*lead, math.ceil(last / 8)))
     else:  # another PRNG implementation: its own 32-bit draws, 4 bytes each
         words = jax.random.bits(key, (*lead, math.ceil(last / 4)), jnp.uint32)
     random_bytes = lax.bitcast_convert_type(words, jnp.uint8)  # (..., words, 4)
@@ -53,14 +54,19 @@ def dropout_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Arr
     return random_bytes >= threshold
 
 
-def _is_threefry(key: jax.Array) -> bool:
+def _threefry_key_data(key: jax.Array) -> jax.Array | None:
+    """The (2,) uint32 words of a threefry2x32 key (typed or raw), or None for other PRNGs."""
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return str(jax.random.key_impl(key)) == "threefry2x32"
-    return key.shape == (2,) and jax.config.jax_default_prng_impl == "threefry2x32"
+        if str(jax.random.key_impl(key)) != "threefry2x32":
+            return None
+        return jax.random.key_data(key)
+    if key.shape == (2,) and jax.config.jax_default_prng_impl == "threefry2x32":
+        return key
+    return None
 
 
-def _threefry_word_pairs(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """(..., 2 * shape[-1]) uint32: threefry2x32 of ``key`` at counters 0, 1, ... over ``shape``.
+def _threefry_word_pairs(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """(..., 2 * shape[-1]) uint32: threefry2x32 of ``key_data`` at counters 0, 1, ... over ``shape``.
 
     What ``jax.random.bits`` computes with partitionable threefry (JAX's default), except that
     both output words are kept where ``bits`` XORs them into one. The counter is built from iotas
@@ -72,15 +78,12 @@ def _threefry_word_pairs(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
             f"a dropout mask of {size * 8} elements is over the 2**35 this counter layout covers;"
             " apply dropout to smaller pieces of the input"
         )
-    data = (
-        jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    )
     counter = jnp.zeros(shape, jnp.uint32)
     stride = 1
     for axis in reversed(range(len(shape))):
         counter = counter + lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
         stride *= shape[axis]
-    high, low = threefry2x32_p.bind(data[0], data[1], jnp.zeros(shape, jnp.uint32), counter)
+    high, low = threefry2x32_p.bind(key_data[0], key_data[1], jnp.zeros(shape, jnp.uint32), counter)
     # side by side rather than interleaved: the same bytes in another order, half the time on CPU
     return jnp.concatenate([high, low], axis=-1)
 

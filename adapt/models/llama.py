@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from adapt import remat as remat_lib
 from adapt.models.affine import Dense
-from adapt.models.layers import activation, dot_product_attention, flat_dot_general
+from adapt.models.layers import activation, dot_product_attention
 
 Array = jax.Array
 Cache = dict[str, Any]
@@ -151,7 +151,6 @@ def _dense(cfg: LlamaConfig, features: int, bias: bool, name: str) -> Dense:
         use_bias=bias,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
-        dot_general=flat_dot_general,
         kernel_init=nn.initializers.normal(cfg.initializer_range),
         name=name,
     )

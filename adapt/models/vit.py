@@ -120,7 +120,6 @@ def _dense(cfg: ViTConfig, features: int, name: str, use_bias: bool = True) -> D
         use_bias=use_bias,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
-        dot_general=layers.flat_dot_general,
         kernel_init=nn.initializers.normal(cfg.initializer_range),
         name=name,
     )
