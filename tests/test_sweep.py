@@ -81,6 +81,34 @@ def test_baseline_differences_are_per_budget_and_losses_are_named():
         S.compare_to_baseline(summary, keys, {"seed": 0}, ["accuracy"])
 
 
+def test_plot_x_axis_follows_x_order_and_x_labels():
+    spec = ml_collections.ConfigDict(
+        dict(x="per_class", series="method", y="accuracy", x_order=[10, 50, 0],
+             x_labels={"0": "all"})
+    )  # fmt: skip
+    assert S.x_axis(spec, [0, 10, 10]) == ([10, 0], ["10", "all"])
+    assert S.x_axis(spec, [100, 50, 0, 10, 5]) == (
+        [10, 50, 0, 5, 100],
+        ["10", "50", "all", "5", "100"],
+    )
+    assert S.x_axis({"x": "method"}, ["b", "a"]) == (["a", "b"], ["a", "b"])
+
+
+def test_unknown_sweep_keys_are_rejected_before_anything_runs(tmp_path):
+    good = dict(name="s", base="configs/llm/stories_lora.py", grid={"method": ["lora"]},
+                group_by=["method"], metrics=["perplexity"],
+                plot={"x": "method", "series": "method", "y": "perplexity"})  # fmt: skip
+    S.check_keys(ml_collections.ConfigDict(good))
+    for where, bad in [
+        ("sweep", {**good, "paralel": 2}),
+        ("plot", {**good, "plot": {**good["plot"], "xorder": [1]}}),
+        ("curve", {**good, "curves": [{"key": "wise_ft", "x": "alpha", "why": "accuracy"}]}),
+    ]:
+        with pytest.raises(ValueError, match=f"unknown {where} key"):
+            S.run_sweep(ml_collections.ConfigDict(bad), tmp_path / "runs", tmp_path / "out")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_parts_run_as_separate_grids_with_a_part_column(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     sweep = ml_collections.ConfigDict(
@@ -129,6 +157,7 @@ def test_every_point_of_every_sweep_config_builds_a_valid_run_config(name, arg, 
 
     monkeypatch.chdir(REPO)
     sweep = load_config_file(f"configs/sweeps/{name}.py", arg)
+    S.check_keys(sweep)
     setup_dirs = {k: Path("/nonexistent") / k for k in (sweep.get("setup") or {})}
     for spec in (sweep.get("setup") or {}).values():
         cfg_lib.check(load_config_file(spec["base"], S.arg_string(dict(spec.get("args") or {}))))

@@ -17,7 +17,9 @@ A sweep config's ``get_config()`` returns a ConfigDict with
   (``accuracy``, ``macro_f1`` ...), a dotted one is a path into ``results.json``
   (``source_eval.accuracy``);
 - ``plot``: ``{"x": arg, "series": arg, "y": metric}`` for ``plot.png`` (optional; one panel per
-  part);
+  part); the x values are evenly spaced ticks in sorted order unless ``x_order`` lists them
+  (values it does not list follow, sorted), and ``x_labels`` (``{str(value): label}``) renames
+  ticks, e.g. ``per_class`` 0 as "all" after the small budgets;
 - ``curves`` (optional): ``[{"key", "x", "y"}]``: a list of per-run curves in ``results.json``
   (``results[key]`` = ``[{x: ..., y: ...}, ...]``, e.g. the WiSE-FT curve over ``alpha``),
   averaged over seeds into ``<key>.csv`` and ``<key>.png``;
@@ -48,7 +50,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,31 @@ def arg_string(point: Mapping[str, Any]) -> str:
 
 def run_name(point: Mapping[str, Any]) -> str:
     return "_".join(f"{k}-{v}" for k, v in point.items()).replace("/", "-")
+
+
+_KNOWN_KEYS = {
+    "sweep": {"name", "base", "grid", "fixed", "parts", "setup", "group_by", "metrics", "plot",
+              "curves", "baseline", "keep_checkpoints", "parallel"},
+    "part": {"name", "base", "grid", "fixed"},
+    "setup run": {"base", "args"},
+    "plot": {"x", "series", "y", "x_order", "x_labels"},
+    "curve": {"key", "x", "y"},
+}  # fmt: skip
+
+
+def check_keys(sweep: Any) -> None:
+    """Raise on a key the sweep machinery would silently ignore (a typo such as ``paralel``)."""
+    sections = [("sweep", sweep), ("plot", sweep.get("plot") or {})]
+    sections += [("part", p) for p in sweep.get("parts") or []]
+    sections += [("setup run", s) for s in (sweep.get("setup") or {}).values()]
+    sections += [("curve", c) for c in sweep.get("curves") or []]
+    for kind, section in sections:
+        unknown = sorted(set(section.keys()) - _KNOWN_KEYS[kind])
+        if unknown:
+            raise ValueError(
+                f"unknown {kind} key(s) {unknown} in sweep config {sweep.get('name')!r}; "
+                f"a {kind} takes {sorted(_KNOWN_KEYS[kind])} (see adapt/harness/sweep.py)"
+            )
 
 
 def parts(sweep: Any) -> list[dict]:
@@ -254,6 +281,16 @@ def _sort_key(v: Any) -> tuple:
     return (isinstance(v, str), v)
 
 
+def x_axis(spec: Mapping[str, Any], values: Iterable[Any]) -> tuple[list[Any], list[str]]:
+    """The plot's x values in tick order and their tick labels (``x_order``, ``x_labels``)."""
+    order = list(spec.get("x_order") or [])
+    labels = dict(spec.get("x_labels") or {})
+    values = set(values)
+    listed = [v for v in order if v in values]
+    ordered = listed + sorted(values - set(listed), key=_sort_key)
+    return ordered, [str(labels.get(str(v), v)) for v in ordered]
+
+
 def plot(sweep: Any, summary: Sequence[dict], path: Path, part_names: Sequence[str]) -> Path | None:
     spec = sweep.get("plot")
     if not spec:
@@ -270,14 +307,14 @@ def plot(sweep: Any, summary: Sequence[dict], path: Path, part_names: Sequence[s
         series: dict[Any, list[dict]] = {}
         for e in entries_all:
             series.setdefault(e[spec["series"]], []).append(e)
-        xs_all = sorted({e[spec["x"]] for e in entries_all}, key=_sort_key)
+        xs_all, tick_labels = x_axis(spec, (e[spec["x"]] for e in entries_all))
         for name, entries in series.items():
             entries = sorted(entries, key=lambda e: xs_all.index(e[spec["x"]]))
             xs = [xs_all.index(e[spec["x"]]) for e in entries]
             ys = [e[spec["y"]] for e in entries]
             errs = [e[spec["y"] + "_std"] for e in entries]
             ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=str(name))
-        ax.set_xticks(range(len(xs_all)), [str(x) for x in xs_all])
+        ax.set_xticks(range(len(xs_all)), tick_labels)
         ax.set_xlabel(spec["x"])
         ax.set_ylabel(spec["y"])
         ax.set_title(part or sweep.name)
@@ -354,6 +391,7 @@ def _write_csv(path: Path, table: Sequence[dict]) -> None:
 def run_sweep(
     sweep: Any, workdir_root: Path, out_dir: Path, extra_flags: Sequence[str] = ()
 ) -> list[dict]:
+    check_keys(sweep)
     grids = parts(sweep)
     with_parts = "parts" in sweep
     env = _environment(workdir_root)
