@@ -60,14 +60,20 @@ class ConfigError(ValueError):
     """A config key the harness does not know, or a value it cannot use."""
 
 
-def check(config: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
-    """Raise naming every unknown key (top level and within known sections)."""
+def check(
+    config: Mapping[str, Any] | ml_collections.ConfigDict,
+    schema: Mapping[str, set[str] | None] = SCHEMA,
+    kind: str = "config",
+) -> None:
+    """Raise naming every key of ``config`` that ``schema`` does not list (top level and within
+    the sections it details). ``kind`` names the thing checked in the message (a sweep config's
+    parts and plot use the same check, adapt.harness.sweep)."""
     problems = []
     for key, value in config.items():
-        if key not in SCHEMA:
-            problems.append(f"unknown top-level key {key!r} (known: {sorted(SCHEMA)})")
+        if key not in schema:
+            problems.append(f"unknown {kind} key {key!r} (known: {sorted(schema)})")
             continue
-        allowed = SCHEMA[key]
+        allowed = schema[key]
         if allowed is None or value is None:
             continue
         if not isinstance(value, Mapping | ml_collections.ConfigDict):
@@ -75,9 +81,9 @@ def check(config: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
             continue
         for sub in value:
             if sub not in allowed:
-                problems.append(f"unknown key {key}.{sub} (known: {sorted(allowed)})")
+                problems.append(f"unknown {kind} key {key}.{sub} (known: {sorted(allowed)})")
     if problems:
-        raise ConfigError("config problems:\n  " + "\n  ".join(problems))
+        raise ConfigError(f"{kind} problems:\n  " + "\n  ".join(problems))
 
 
 def get(section: Any, key: str, default: Any = None) -> Any:

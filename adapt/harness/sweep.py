@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from adapt.harness import config as config_lib
+
 
 def points(grid: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None = None) -> list[dict]:
     keys = list(grid)
@@ -74,29 +76,26 @@ def run_name(point: Mapping[str, Any]) -> str:
     return "_".join(f"{k}-{v}" for k, v in point.items()).replace("/", "-")
 
 
-_KNOWN_KEYS = {
-    "sweep": {"name", "base", "grid", "fixed", "parts", "setup", "group_by", "metrics", "plot",
-              "curves", "baseline", "keep_checkpoints", "parallel"},
-    "part": {"name", "base", "grid", "fixed"},
-    "setup run": {"base", "args"},
-    "plot": {"x", "series", "y", "x_order", "x_labels"},
-    "curve": {"key", "x", "y"},
-}  # fmt: skip
+# What the sweep machinery reads; adapt.harness.config.check rejects anything else.
+_SWEEP_KEYS = ("name", "base", "grid", "fixed", "parts", "setup", "group_by", "metrics", "plot",
+               "curves", "baseline", "keep_checkpoints", "parallel")  # fmt: skip
+_SECTION_KEYS = {
+    "part": ("name", "base", "grid", "fixed"),
+    "setup run": ("base", "args"),
+    "plot": ("x", "series", "y", "x_order", "x_labels"),
+    "curve": ("key", "x", "y"),
+}
 
 
 def check_keys(sweep: Any) -> None:
     """Raise on a key the sweep machinery would silently ignore (a typo such as ``paralel``)."""
-    sections = [("sweep", sweep), ("plot", sweep.get("plot") or {})]
+    config_lib.check(sweep, dict.fromkeys(_SWEEP_KEYS), "sweep")
+    sections = [("plot", sweep.get("plot") or {})]
     sections += [("part", p) for p in sweep.get("parts") or []]
     sections += [("setup run", s) for s in (sweep.get("setup") or {}).values()]
     sections += [("curve", c) for c in sweep.get("curves") or []]
     for kind, section in sections:
-        unknown = sorted(set(section.keys()) - _KNOWN_KEYS[kind])
-        if unknown:
-            raise ValueError(
-                f"unknown {kind} key(s) {unknown} in sweep config {sweep.get('name')!r}; "
-                f"a {kind} takes {sorted(_KNOWN_KEYS[kind])} (see adapt/harness/sweep.py)"
-            )
+        config_lib.check(section, dict.fromkeys(_SECTION_KEYS[kind]), kind)
 
 
 def parts(sweep: Any) -> list[dict]:
