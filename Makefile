@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ TEST_WORKERS ?= 2
 
 test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+
+# The inner loop: everything not marked slow (end-to-end runs, subprocesses), a few minutes.
+test-fast: lint
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.convert

@@ -30,6 +30,14 @@ away) and the files are written in a background thread; the next ``save``, :meth
 :meth:`close` wait for it. A process killed at any point leaves the previous checkpoint as the
 latest restorable one (tested by SIGKILL in ``tests/test_checkpoint.py``).
 
+**Damage.** After a save has been written, a manifest of its files (size and sha256) is
+added to the step's folder. When a run resumes, :meth:`Checkpointer.resume_step` checks the
+newest checkpoints against their manifests (and that their meta JSON reads): a damaged one is
+named (folder and file), moved to ``<workdir>/damaged_checkpoints/`` (never deleted), and the
+run resumes from the newest intact one. Damage that a manifest cannot show (a checkpoint
+written before manifests) surfaces when restoring, as :class:`CheckpointDamagedError` naming
+the folder.
+
 **Preemption.** :class:`PreemptionFlag` (``install_sigterm_handler()``) turns SIGTERM into a flag
 the loop polls after each step; the loop then saves with ``force=True`` and exits cleanly. A second
 SIGTERM falls through to the previous handler (by default: terminate now).
@@ -37,9 +45,12 @@ SIGTERM falls through to the previous handler (by default: terminate now).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import signal
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,9 +59,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from adapt.errors import AdaptError
 from adapt.fingerprint import config_fingerprint, jsonable, params_fingerprint
 
+MANIFEST = "adapt_manifest.json"  # in each step folder: {relative path: [size, sha256]}
+DAMAGED_DIR = "damaged_checkpoints"
+
 __all__ = [
+    "CheckpointDamagedError",
     "Checkpointer",
     "PreemptionFlag",
     "WorkdirMismatchError",
@@ -65,8 +81,63 @@ PyTree = Any
 _ITEMS = ("state", "meta")
 
 
-class WorkdirMismatchError(RuntimeError):
+class WorkdirMismatchError(AdaptError, RuntimeError):
     """The workdir holds checkpoints of a different run (config or base weights differ)."""
+
+
+class CheckpointDamagedError(AdaptError, RuntimeError):
+    """A checkpoint's files are truncated, garbled or missing."""
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(step_dir: Path) -> None:
+    """Record the size and sha256 of every file of a finished checkpoint."""
+    files = {
+        str(p.relative_to(step_dir)): [p.stat().st_size, _sha256(p)]
+        for p in sorted(step_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    tmp = step_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(files, indent=1, sort_keys=True))
+    os.replace(tmp, step_dir / MANIFEST)
+
+
+def damage(step_dir: Path) -> str | None:
+    """Why the checkpoint in ``step_dir`` is damaged (naming the file), or None if its files
+    match its manifest and its meta reads (a folder without a manifest is checked for its meta
+    only)."""
+    meta = step_dir / "meta" / "metadata"
+    if not meta.is_file():
+        return f"{meta} is missing"
+    try:
+        json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"{meta} is not valid JSON ({e})"
+    manifest = step_dir / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        files = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"{manifest} is not valid JSON ({e})"
+    for name, (size, digest) in sorted(files.items()):
+        path = step_dir / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes, {size} were written (truncated?)"
+        if _sha256(path) != digest:
+            return f"{path} does not hold the bytes that were written (sha256 differs)"
+    return None
 
 
 def abstract_of(tree: PyTree) -> PyTree:
@@ -77,7 +148,7 @@ def abstract_of(tree: PyTree) -> PyTree:
     )
 
 
-def _config_diff(stored: Mapping | None, current: Mapping | None) -> list[str]:
+def config_diff(stored: Mapping | None, current: Mapping | None) -> list[str]:
     """Dotted keys whose values differ between two canonical configs (for the error message)."""
     if stored is None or current is None:
         return []
@@ -116,6 +187,7 @@ class Checkpointer:
         fingerprint: Mapping[str, str],
         config: Mapping[str, Any] | None = None,
         async_save: bool = True,
+        create: bool = True,
     ):
         if every < 1 or keep < 1:
             raise ValueError(f"every and keep must be >= 1, got every={every}, keep={keep}")
@@ -137,14 +209,34 @@ class Checkpointer:
             multihost_utils.sync_global_devices("adapt.Checkpointer:checked")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            create=True,
-            cleanup_tmp_directories=True,
+            create=create,
+            cleanup_tmp_directories=create,
             enable_async_checkpointing=async_save,
         )
         self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS, options=options)
+        self._unmanifested: list[int] = []
+
+    @classmethod
+    def check_workdir(
+        cls,
+        workdir: str | os.PathLike,
+        *,
+        fingerprint: Mapping[str, str],
+        config: Mapping[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        """Raise :class:`WorkdirMismatchError` if ``workdir`` holds checkpoints of another run;
+        reads only (nothing is created)."""
+        probe = cls.__new__(cls)
+        probe.workdir = Path(workdir).absolute()
+        probe.directory = probe.workdir / "checkpoints"
+        probe.fingerprint = dict(fingerprint)
+        probe.config = jsonable(dict(config), where="config") if config is not None else None
+        probe._check_existing()
 
     # ------------------------------------------------------------------------------ checks
     def _check_existing(self) -> None:
+        """Compare this run's fingerprint with the newest readable checkpoint's (reads only)."""
         if not self.directory.is_dir():
             return
         reader = ocp.CheckpointManager(
@@ -153,14 +245,25 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(read_only=True, create=False),
         )
         try:
-            step = reader.latest_step()
-            if step is None:
-                return
-            meta = reader.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            steps = sorted(reader.all_steps(), reverse=True)
         finally:
             reader.close()
-        stored = meta.get("fingerprint") if isinstance(meta, Mapping) else None
-        self._compare(stored, meta.get("config") if isinstance(meta, Mapping) else None, step)
+        problems = []
+        for step in steps:
+            problem = damage(self.directory / str(step))
+            if problem:
+                problems.append(problem)
+                continue
+            meta = json.loads((self.directory / str(step) / "meta" / "metadata").read_text())
+            stored = meta.get("fingerprint") if isinstance(meta, Mapping) else None
+            self._compare(stored, meta.get("config") if isinstance(meta, Mapping) else None, step)
+            return
+        if problems:
+            raise CheckpointDamagedError(
+                f"every checkpoint in {self.directory} is damaged: {'; '.join(problems)}. Move "
+                f"the folder away (mv {self.directory} {self.workdir / DAMAGED_DIR}) to start "
+                "the run over; nothing was changed."
+            )
 
     def _compare(self, stored: Mapping | None, stored_config: Mapping | None, step: int) -> None:
         fix = (
@@ -181,7 +284,7 @@ class Checkpointer:
                 )
         if not problems:
             return
-        changed = _config_diff(stored_config, self.config)
+        changed = config_diff(stored_config, self.config)
         detail = "\nchanged config keys:\n  " + "\n  ".join(changed) if changed else ""
         raise WorkdirMismatchError(
             f"{self.directory} holds checkpoints of a different run (latest step {step}): "
@@ -205,6 +308,7 @@ class Checkpointer:
             return False
         if step in self._manager.all_steps():
             return False
+        self._finish_manifests()
         record = dict(jsonable(dict(meta or {}), where="meta"))
         record.update(step=step, fingerprint=self.fingerprint)
         if self.config is not None:
@@ -212,7 +316,56 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record)
         )
-        return bool(self._manager.save(step, args=args, force=True))
+        started = bool(self._manager.save(step, args=args, force=True))
+        if started:
+            self._unmanifested.append(step)
+        return started
+
+    def _finish_manifests(self) -> None:
+        """Wait for pending saves, then write the manifests of the checkpoints they finished."""
+        self._manager.wait_until_finished()
+        pending, self._unmanifested = self._unmanifested, []
+        if jax.process_index() != 0:
+            return
+        for step in pending:
+            step_dir = self.directory / str(step)
+            if step_dir.is_dir():  # not already removed by max_to_keep
+                write_manifest(step_dir)
+
+    def resume_step(self) -> int | None:
+        """The newest intact checkpoint's step (None if there is none). Damaged newer ones are
+        named in a warning and moved to ``<workdir>/damaged_checkpoints/`` (never deleted), so
+        that new checkpoints of the resumed run do not collide with them."""
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            problem = damage(self.directory / str(step))
+            if problem is None:
+                return step
+            moved = self._quarantine(step)
+            log.warning(
+                "checkpoint step %d is damaged (%s); moved it to %s and resuming from the newest "
+                "intact checkpoint", step, problem, moved,
+            )  # fmt: skip
+            print(
+                f"warning: checkpoint step {step} is damaged ({problem}); moved it to {moved}",
+                file=sys.stderr,
+            )
+        return None
+
+    def _quarantine(self, step: int) -> Path:
+        target = self.workdir / DAMAGED_DIR / str(step)
+        n = 1
+        while target.exists():
+            target = self.workdir / DAMAGED_DIR / f"{step}.{n}"
+            n += 1
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.directory / str(step)), str(target))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"adapt.Checkpointer:quarantine{step}")
+        self._manager.reload()
+        return target
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -230,23 +383,32 @@ class Checkpointer:
         step = self.latest_step() if step is None else int(step)
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
-        )
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as e:  # noqa: BLE001 - orbax/TensorStore raise many kinds for bad files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointDamagedError(
+                f"cannot restore the checkpoint in {self.directory / str(step)} ({first[:300]}); "
+                f"it is damaged or was written for another model. Move that folder to "
+                f"{self.workdir / DAMAGED_DIR} to resume from an older checkpoint; nothing was "
+                "changed."
+            ) from e
         meta = dict(restored.meta)
         self._compare(meta.get("fingerprint"), meta.get("config"), step)
         return restored.state, meta
 
     def wait(self) -> None:
-        """Block until the pending asynchronous save (if any) is on disk."""
-        self._manager.wait_until_finished()
+        """Block until the pending asynchronous save (if any) is on disk, with its manifest."""
+        self._finish_manifests()
 
     def close(self) -> None:
         """Wait for pending saves and release orbax's threads."""
-        self._manager.wait_until_finished()
+        self._finish_manifests()
         self._manager.close()
 
     def __enter__(self) -> Checkpointer:

@@ -85,6 +85,7 @@ class MetricsWriter:
         workdir: str | os.PathLike,
         *,
         resume_step: int | None = None,
+        final_step: int | None = None,
         tensorboard: bool = True,
     ):
         self.workdir = Path(workdir)
@@ -98,6 +99,15 @@ class MetricsWriter:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.truncate_after(-1 if resume_step is None else int(resume_step))
+        if resume_step is not None and resume_step == final_step:
+            self._drop_final_evaluations(int(resume_step))
+
+    def _drop_final_evaluations(self, step: int) -> None:
+        """A run resumed at its last step evaluates again; drop what the first attempt logged
+        after its final checkpoint (every non-train record at that step), so nothing repeats."""
+        kept = [r for r in read_metrics(self.path) if r["step"] != step or r["split"] == "train"]
+        if self.path.exists() and len(kept) != len(self.path.read_text().splitlines()):
+            _atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def truncate_after(self, step: int) -> int:
         """Drop records with ``step`` greater than ``step`` (and torn lines); returns how many."""

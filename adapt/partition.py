@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from adapt import paths
+from adapt.errors import AdaptError
 
 Rules = Sequence[tuple[str, str | None]]
 FROZEN = None
 
 
-class PartitionError(ValueError):
+class PartitionError(AdaptError, ValueError):
     """Partition rules that leave leaves uncovered, match nothing, or are malformed."""
 
 

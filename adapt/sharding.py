@@ -156,6 +156,11 @@ def activation_sharding(
         yield
 
 
+def data_parallel_size(mesh: Mesh, axis: str = "data") -> int:
+    """How many ways a batch is split: the size of the mesh's ``axis`` (1 without one)."""
+    return int(dict(mesh.shape).get(axis, 1))
+
+
 def batch_sharding(mesh: Mesh, axis: str = "data") -> NamedSharding:
     """Leading (batch) dimension split over ``axis``, the rest replicated."""
     return NamedSharding(mesh, PartitionSpec(axis))

@@ -14,8 +14,13 @@ One :class:`Trainer` serves every model, method and mesh:
   activation constraints pin the batch to ``data``, so FSDP does not compute for the global
   batch on every device) and :func:`adapt.remat.scope` (``remat`` checkpoints each decoder
   layer of a model that has the hook, LLaMA; see :mod:`adapt.remat` for why not the whole loss);
-- a non-finite loss (or gradient) leaves the state untouched and is reported, so the loop can
-  stop with the last good checkpoint intact.
+- a non-finite loss, gradient or updated weight (a NaN learning rate gives finite gradients and
+  NaN weights) leaves the state untouched and is reported, so the loop can stop with the last
+  good checkpoint intact and nothing non-finite is ever checkpointed;
+- gradient accumulation is exact for token-weighted losses: a loss that is a mean over a varying
+  number of items (the causal-LM loss over target tokens) reports that number as
+  ``metrics[LOSS_WEIGHT]``, and micro-batches are weighted by it, so ``grad_accum=4`` gives the
+  loss and gradients of the whole batch at once (not a mean of per-micro-batch means).
 
 ``loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))`` where
 ``params`` is the merged (trainable + frozen) tree and ``model_state`` holds non-parameter
@@ -35,14 +40,16 @@ from jax.sharding import Mesh
 
 from adapt import partition, paths, sharding
 from adapt import remat as remat_lib
+from adapt.errors import AdaptError
 
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, Any]]
 
 REMAT_POLICIES = remat_lib.POLICIES  # the names Trainer(remat=...) accepts
+LOSS_WEIGHT = "loss_weight"  # metrics key: how many items the loss averages (module docstring)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(AdaptError, FloatingPointError):
     """The loss or gradients became NaN/inf; the state was not updated."""
 
 
@@ -169,6 +176,7 @@ class Trainer:
         grad_fn = jax.value_and_grad(objective, has_aux=True)
         if self.grad_accum == 1:
             (loss, (metrics, new_ms)), grads = grad_fn(trainable, model_state, batch, rng)
+            metrics.pop(LOSS_WEIGHT, None)
             return loss, metrics, new_ms, grads
 
         def split(x):
@@ -181,21 +189,21 @@ class Trainer:
         micro = jax.tree.map(split, batch)
 
         def body(carry, inputs):
-            ms, acc_grads, acc_loss = carry
+            ms, acc_grads, acc_loss, acc_weight = carry
             mb, i = inputs
             (loss, (metrics, ms)), grads = grad_fn(trainable, ms, mb, jax.random.fold_in(rng, i))
-            acc_grads = jax.tree.map(jnp.add, acc_grads, grads)
-            return (ms, acc_grads, acc_loss + loss), metrics
+            weight = jnp.asarray(metrics.pop(LOSS_WEIGHT, 1.0), jnp.float32)
+            acc_grads = jax.tree.map(lambda a, g: a + weight * g, acc_grads, grads)
+            return (ms, acc_grads, acc_loss + weight * loss, acc_weight + weight), metrics
 
         zeros = jax.tree.map(jnp.zeros_like, trainable)
-        (new_ms, grads, loss), metrics = jax.lax.scan(
-            body,
-            (model_state, zeros, jnp.zeros((), jnp.float32)),
-            (micro, jnp.arange(self.grad_accum)),
+        start = (model_state, zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        (new_ms, grads, loss, weight), metrics = jax.lax.scan(
+            body, start, (micro, jnp.arange(self.grad_accum))
         )
-        scale = 1.0 / self.grad_accum
-        grads = jax.tree.map(lambda g: g * scale, grads)
-        metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+        scale = 1.0 / jnp.maximum(weight, 1e-30)
+        grads = jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
+        metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)  # as logged, per micro
         return loss * scale, metrics, new_ms, grads
 
     def _train_step(self, state, frozen, batch):
@@ -215,7 +223,12 @@ class Trainer:
             )
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
-        finite = jnp.isfinite(loss) & _tree_all_finite(grads)
+        finite = (
+            jnp.isfinite(loss)
+            & _tree_all_finite(grads)
+            & _tree_all_finite(trainable)
+            & _tree_all_finite(new_ms)
+        )
         new_state = {
             "step": state["step"] + 1,
             "trainable": trainable,
@@ -265,9 +278,10 @@ def place_frozen(
 
 
 def check_finite(metrics: Mapping[str, Any], step: int) -> None:
+    """Raise :class:`NonFiniteLossError` if the step at ``step`` was not finite."""
     if not bool(np.asarray(metrics["finite"])):
         raise NonFiniteLossError(
-            f"loss or gradients became non-finite at step {step} (loss={float(metrics['loss'])}); "
-            "the state was not updated and no checkpoint was written after the last good one. "
-            "Lower the learning rate, add gradient clipping (optim clip_norm), or check the data."
+            f"the loss, gradients or updated weights became non-finite at step {step} "
+            f"(loss={float(metrics['loss'])}); that update was discarded. Lower the learning "
+            "rate, add gradient clipping (optim clip_norm), or check the data."
         )

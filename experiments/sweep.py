@@ -1,22 +1,25 @@
 r"""Run a grid of experiments and summarise them (resumable: finished runs are skipped).
 
   python -m experiments.sweep --config=configs/sweeps/transfer_vs_scratch.py \
-      [--workdirs=workdirs/sweeps] [--out=results/transfer_vs_scratch]
+      [--workdirs=workdirs/sweeps] [--out=results/transfer_vs_scratch] [--config.parallel=1]
 
 Writes runs.csv (one row per run), summary.csv and summary.md (mean ± std over seeds) and
-plot.png; see adapt/harness/sweep.py for the sweep config format.
+plot.png (and selection.csv when the sweep chooses a value on validation data); see
+adapt/studies/sweep.py for the sweep config format. Exit status as
+experiments/finetune.py: 2 for a bad sweep config or a run that stopped on bad input, 75 when a
+run was preempted (run the same command to continue).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from adapt import xla_defaults
+from adapt.harness import command_line
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.", lock_config=True)
+_CONFIG = flags.DEFINE_string("config", None, "Sweep config file and argument: path[:arg].")
 _WORKDIRS = flags.DEFINE_string("workdirs", "workdirs/sweeps", "Root of the runs' workdirs.")
 _OUT = flags.DEFINE_string("out", None, "Where tables and plots go (default results/<name>).")
 _FLAGS = flags.DEFINE_multi_string("run_flag", [], "Extra flags for every run (e.g. --config.x=y).")
@@ -24,16 +27,14 @@ _FLAGS = flags.DEFINE_multi_string("run_flag", [], "Extra flags for every run (e
 
 def main(argv):
     del argv
-    xla_defaults.apply()
-    from adapt.harness.sweep import run_sweep
+    from adapt.studies.sweep import load_sweep, run_sweep
 
-    sweep = _CONFIG.value
+    sweep = load_sweep(_CONFIG.value, command_line.overrides())
+    xla_defaults.apply()
     out = Path(_OUT.value or f"results/{sweep.name}")
-    summary = run_sweep(sweep, Path(_WORKDIRS.value) / sweep.name, out, _FLAGS.value)
+    run_sweep(sweep, Path(_WORKDIRS.value) / sweep.name, out, _FLAGS.value)
     print((out / "summary.md").read_text())
-    del summary
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    command_line.main(main)

@@ -15,11 +15,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from adapt import paths
-from adapt.convert import hf
 from adapt.data import eval_batches
+from adapt.harness import loop
+from adapt.harness.command_line import load_config_file
 from adapt.harness.config import ConfigError
 from adapt.harness.data_setup import load_split
-from adapt.harness.loop import build, evaluate, load_config_file, run
+from adapt.harness.loop import build, evaluate, run
+from adapt.harness.model_setup import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD = r"classifier/.*"
@@ -34,6 +36,15 @@ def _config(path, arg="smoke"):
 def _rows(workdir, split):
     rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if r["split"] == split]
+
+
+def _plain(cfg, steps):
+    """``cfg`` as a plain run of ``steps`` steps: no selection, early stopping or refit (the
+    recipe's), so these tests see the regularizers alone."""
+    cfg.train.update(steps=steps, epochs=0.0, select_best=None, early_stopping=0, refit=False,
+                     eval_every=0)  # fmt: skip
+    cfg.data.val_fraction = 0.0
+    return cfg
 
 
 def _backbone(flat):
@@ -53,19 +64,22 @@ def runs(tmp_path_factory):
     out = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)
-        sst2 = _config("configs/glue/sst2_minilm.py", "method=full,export=True,wise=True,smoke")
+        sst2 = _config(
+            "configs/text/minilm.py", "dataset=sst2,method=full,export=True,wise=True,smoke"
+        )
+        _plain(sst2, 6)  # no selection: the final weights are the last step's, not the start's
         out["sst2"] = (root / "sst2", sst2, run(sst2, root / "sst2"))
-        source = root / "sst2" / "export_hf"
+        source = root / "sst2" / "export_native"
         for method, extra in (("full", ""), ("ewc", ",strength=1e12")):
             cfg = _config(
-                "configs/glue/forgetting_minilm.py", f"method={method}{extra},source={source},smoke"
+                "configs/text/forgetting.py", f"method={method}{extra},source={source},smoke"
             )
-            cfg.train.steps, cfg.checkpoint.every = 8, 8
+            _plain(cfg, 8).checkpoint.every = 8
             # No global-norm clipping of the backbone: a huge penalty would dominate the norm and
             # scale the task gradient of weakly constrained leaves to nothing, leaving them to
             # coast on Adam's momentum (see adapt/harness/regularize.py).
             cfg.optim.groups.backbone.clip_norm = 0.0
-            cfg.export = dict(hf=True)
+            cfg.export = dict(native=True)
             out[method] = (root / method, cfg, run(cfg, root / method))
     return out
 
@@ -75,7 +89,7 @@ def runs(tmp_path_factory):
 def test_source_eval_at_step_0_is_the_exported_source_model(runs):
     workdir, cfg, results = runs["full"]
     export = Path(cfg.source_task.path)
-    module, params, _ = hf.load_pretrained(export, architecture="BertForSequenceClassification")
+    module, params, _, _ = load_checkpoint(export, "BertForSequenceClassification")
     data = load_split(
         {**cfg.source_task.data.to_dict(), "tokenizer": "all-MiniLM-L6-v2"},
         "eval",
@@ -113,10 +127,14 @@ def test_source_eval_at_step_0_is_the_exported_source_model(runs):
 # ---------------------------------------------------------------------------- regularizers
 @pytest.mark.slow
 def test_ewc_with_a_huge_strength_keeps_the_backbone_at_the_anchor(runs):
-    anchor = _backbone(paths.flatten(hf.load_pretrained(Path(runs["full"][1].source_task.path))[1]))
+    anchor = _backbone(
+        paths.flatten(load_checkpoint(Path(runs["full"][1].source_task.path), None)[1])
+    )
 
     def distance(method):
-        final = _backbone(paths.flatten(hf.load_pretrained(runs[method][0] / "export_hf")[1]))
+        final = _backbone(
+            paths.flatten(load_checkpoint(runs[method][0] / "export_native", None)[1])
+        )
         return sum(float(np.sum((final[p] - anchor[p]) ** 2)) for p in anchor if "encoder" in p)
 
     # Encoder layers only: embedding rows of tokens absent from the Fisher's few examples have
@@ -130,9 +148,11 @@ def test_ewc_with_a_huge_strength_keeps_the_backbone_at_the_anchor(runs):
 
 @pytest.mark.slow
 def test_l2sp_penalty_is_the_squared_distance_to_the_start(tmp_path):
-    cfg = _config("configs/glue/sst2_minilm.py", "method=full,smoke")
+    cfg = _config("configs/text/minilm.py", "dataset=sst2,method=full,smoke")
     cfg.regularizer = dict(kind="l2sp", strength=0.5)
-    cfg.train.steps, cfg.train.log_every, cfg.checkpoint.every = 3, 1, 2
+    _plain(cfg, 3).train.log_every = 1
+    cfg.checkpoint.update(every=2, keep=2)
+    cfg.method.head_init = "fresh"
     run(cfg, tmp_path)
     start = _backbone(paths.flatten(build(cfg).model.base_params))
     manager = ocp.CheckpointManager(
@@ -157,7 +177,8 @@ def test_wise_ft_curve_runs_from_the_start_to_the_final_model(runs):
     assert [row["alpha"] for row in curve] == pytest.approx([i / 10 for i in range(11)])
     final = {k: v for k, v in curve[-1].items() if k != "alpha"}
     assert final == pytest.approx(results["eval"], abs=1e-6)
-    exp = build(cfg)  # the same config rebuilds the start: pretrained encoder, initial head
+    exp = build(cfg)  # the same config rebuilds the start: pretrained encoder, probed head
+    loop._fit_head(exp)
     start = evaluate(
         exp.task, exp.forward, exp.model.params, exp.model.model_state, exp.data.eval, 16,
         exp.mesh, exp.data.num_labels,
@@ -170,7 +191,8 @@ def test_wise_ft_curve_runs_from_the_start_to_the_final_model(runs):
 def test_lp_ft_resumed_at_its_stage_boundary_keeps_the_probe_and_the_curve(tmp_path):
     """A run resumed exactly at the LP-FT stage boundary restores the probed head (the next
     stage's start and WiSE-FT's theta_0) from the checkpoint instead of starting from scratch."""
-    cfg = _config("configs/glue/sst2_minilm.py", "method=lp_ft,wise=True,smoke")
+    cfg = _config("configs/text/minilm.py", "dataset=sst2,method=full,wise=True,smoke")
+    _plain(cfg, 4).method.update(name="lp_ft", head_init="fresh")  # the two-stage recipe
     cfg.checkpoint.every, cfg.checkpoint.keep = 1, 10
     first = run(cfg, tmp_path)
     assert (tmp_path / "wise_ft_theta0.safetensors").exists()  # multi-stage: theta_0 is saved
@@ -184,7 +206,7 @@ def test_lp_ft_resumed_at_its_stage_boundary_keeps_the_probe_and_the_curve(tmp_p
 
 # ---------------------------------------------------------------------------- bad configs
 def _sst2_with(**sections):
-    cfg = _config("configs/glue/sst2_minilm.py", "method=full,smoke")
+    cfg = _config("configs/text/minilm.py", "dataset=sst2,method=full,smoke")
     for key, value in sections.items():
         setattr(cfg, key, value)
     return cfg
@@ -195,7 +217,10 @@ def _sst2_with(**sections):
     [
         ({"regularizer": dict(kind="ewc", strength=1.0)}, "ewc' needs a source task"),
         ({"regularizer": dict(kind="l2", strength=1.0)}, "regularizer.kind 'l2' is not one of"),
-        ({"regularizer": dict(kind="l2sp", strength=-1.0)}, "strength must be a number >= 0"),
+        (
+            {"regularizer": dict(kind="l2sp", strength=-1.0)},
+            "strength must be a finite number >= 0",
+        ),
         ({"wise_ft": dict(alphas=[0.0, 0.5, 1.5])}, r"alphas must lie in \[0, 1\]; got \[1.5\]"),
         ({"wise_ft": dict(alphas=[])}, "non-empty list"),
         ({"source_task": dict(path="third_party", data=None)}, "source_task.data is required"),
@@ -213,7 +238,7 @@ def test_bad_sections_are_named_before_anything_is_written(tmp_path, sections, m
 
 
 def test_a_regularizer_that_penalises_nothing_is_an_error(tmp_path):
-    cfg = _config("configs/glue/sst2_minilm.py", "method=lora,smoke")
+    cfg = _config("configs/text/minilm.py", "dataset=sst2,method=lora,smoke")
     cfg.regularizer = dict(kind="l2sp", strength=0.1)  # LoRA trains only new leaves
     with pytest.raises(ConfigError, match="penalises nothing"):
         run(cfg, tmp_path / "w")

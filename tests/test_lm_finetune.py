@@ -16,7 +16,8 @@ import pytest
 
 from adapt.convert.llama2c import SentencePieceTokenizer, load_llama2c
 from adapt.convert.native import load_native
-from adapt.harness.loop import build, evaluate, load_config_file, run
+from adapt.harness.command_line import load_config_file
+from adapt.harness.loop import build, evaluate, run
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO / "third_party" / "stories260K"

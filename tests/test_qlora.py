@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from oracles import bnb_dequantize, require
 
 from adapt import partition, paths
 from adapt.convert.llama2c import load_llama2c
@@ -135,14 +136,22 @@ def test_a_quantised_dense_matches_bitsandbytes_linear4bit():
     )
     lin.bias = torch.nn.Parameter(torch.from_numpy(bias))
     lin = lin.to("cpu")
-    with torch.no_grad():
-        want = lin(torch.from_numpy(x)).numpy()
-
     dense = _OneLayer()
     params = {"proj": {"kernel": jnp.asarray(weight.T), "bias": jnp.asarray(bias)}}
     qparams = quantize_base(params, ["proj"])
+    # adapt's own check, whatever bitsandbytes computes here: the same 4-bit codes
     np.testing.assert_array_equal(
         qparams["proj"]["kernel_nf4_codes"], lin.weight.data.numpy().reshape(-1)
+    )
+    # the reference: Linear4bit's forward, trusted only if its weights are an NF4 round trip
+    # here and its forward is x @ those weights.T + b
+    deq = bnb_dequantize(bnb.functional, lin.weight.data, lin.weight.quant_state, weight)
+    with torch.no_grad():
+        want = lin(torch.from_numpy(x)).numpy()
+    require(
+        None
+        if np.allclose(want, x @ deq.T + bias, rtol=1e-5, atol=1e-5)
+        else "bitsandbytes' Linear4bit forward differs from x @ its own dequantised weight.T + b"
     )
     method = QLoRA(["proj"], rank=2, compute_dtype=jnp.float32)
     extra = base.init(dense, qparams, [method], jax.random.key(0), jnp.asarray(x))
@@ -250,8 +259,9 @@ def test_qlora_trains_exactly_like_lora_on_the_dequantised_weights(small):
 # ---------------------------------------------------------------- 200 steps in the harness
 def _run(tmp_path, method: str):
     from adapt.harness import loop
+    from adapt.harness.command_line import load_config_file
 
-    config = loop.load_config_file("configs/llm/stories_sst2_qlora.py", f"method={method}")
+    config = load_config_file("configs/llm/stories_sst2_qlora.py", f"method={method}")
     config.mesh.axes = [("data", 1)]
     config.train.progress = False
     workdir = tmp_path / method

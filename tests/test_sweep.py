@@ -7,7 +7,8 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from adapt.harness import sweep as S
+from adapt.studies import report as R
+from adapt.studies import sweep as S
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,13 +31,13 @@ def test_metric_paths_and_curves_average_over_seeds():
     sweep = ml_collections.ConfigDict(
         dict(group_by=["method"], metrics=["accuracy", "source_eval.accuracy"])
     )
-    table = S.rows(sweep, results)
+    table = R.rows(sweep, results)
     assert [r["source_eval.accuracy"] for r in table] == [0.5, 0.7]
-    assert S.metric_value(results[0][1], "missing.key") is None
-    (summary,) = S.summarise(sweep, table, ["method"])
+    assert R.metric_value(results[0][1], "missing.key") is None
+    (summary,) = R.summarise(sweep, table, ["method"])
     assert summary["accuracy"] == pytest.approx(0.85)
     assert summary["source_eval.accuracy_std"] == pytest.approx(0.1414, abs=1e-4)
-    curve = S.curve_table({"key": "wise_ft", "x": "alpha", "y": "accuracy"}, results, ["method"])
+    curve = R.curve_table({"key": "wise_ft", "x": "alpha", "y": "accuracy"}, results, ["method"])
     assert [(e["alpha"], round(e["accuracy"], 6), e["runs"]) for e in curve] == [
         (0.0, 0.75, 2),
         (1.0, 0.85, 2),
@@ -65,20 +66,20 @@ def test_baseline_differences_are_per_budget_and_losses_are_named():
     sweep = ml_collections.ConfigDict(
         dict(group_by=keys, metrics=["accuracy", "macro_f1"], baseline={"method": "scratch"})
     )
-    losses = S.compare_to_baseline(summary, keys, {"method": "scratch"}, ["accuracy", "macro_f1"])
+    losses = R.compare_to_baseline(summary, keys, {"method": "scratch"}, ["accuracy", "macro_f1"])
     assert [round(e["accuracy_vs_baseline"], 6) for e in summary] == [0, 0, 0.3, -0.05, 0.1]
     assert all(e["macro_f1_vs_baseline"] is None for e in summary)
     assert [(e["method"], e["per_class"]) for e in losses] == [("lora", 50)]
-    text = S.markdown(sweep, summary, keys, losses)
+    text = R.markdown(sweep, summary, keys, losses)
     assert "| accuracy vs scratch |" in text and "| -0.0500 |" in text
     assert text.rstrip().endswith(
         "Rows not above method=scratch on accuracy: per_class=50; method=lora"
     )
-    assert "Every row is above" in S.markdown(sweep, summary, keys, [])
+    assert "Every row is above" in R.markdown(sweep, summary, keys, [])
     with pytest.raises(ValueError, match="not among the sweep's rows"):
-        S.compare_to_baseline(summary, keys, {"method": "nothing"}, ["accuracy"])
+        R.compare_to_baseline(summary, keys, {"method": "nothing"}, ["accuracy"])
     with pytest.raises(ValueError, match="one group_by key"):
-        S.compare_to_baseline(summary, keys, {"seed": 0}, ["accuracy"])
+        R.compare_to_baseline(summary, keys, {"seed": 0}, ["accuracy"])
 
 
 def test_plot_x_axis_follows_x_order_and_x_labels():
@@ -86,12 +87,12 @@ def test_plot_x_axis_follows_x_order_and_x_labels():
         dict(x="per_class", series="method", y="accuracy", x_order=[10, 50, 0],
              x_labels={"0": "all"})
     )  # fmt: skip
-    assert S.x_axis(spec, [0, 10, 10]) == ([10, 0], ["10", "all"])
-    assert S.x_axis(spec, [100, 50, 0, 10, 5]) == (
+    assert R.x_axis(spec, [0, 10, 10]) == ([10, 0], ["10", "all"])
+    assert R.x_axis(spec, [100, 50, 0, 10, 5]) == (
         [10, 50, 0, 5, 100],
         ["10", "50", "all", "5", "100"],
     )
-    assert S.x_axis({"x": "method"}, ["b", "a"]) == (["a", "b"], ["a", "b"])
+    assert R.x_axis({"x": "method"}, ["b", "a"]) == (["a", "b"], ["a", "b"])
 
 
 def test_unknown_sweep_keys_are_rejected_before_anything_runs(tmp_path):
@@ -152,23 +153,27 @@ def test_parts_run_as_separate_grids_with_a_part_column(tmp_path, monkeypatch):
 def test_every_point_of_every_sweep_config_builds_a_valid_run_config(name, arg, monkeypatch):
     """Each run a sweep would launch gets a config its base accepts (arguments, schema), so a typo
     fails here rather than an hour into the sweep. Nothing is trained."""
-    from adapt.harness import config as cfg_lib
-    from adapt.harness.loop import load_config_file
+    from adapt.harness import source_task
+    from adapt.harness.command_line import load_config_file
+    from adapt.harness.config import RunConfig
 
     monkeypatch.chdir(REPO)
+    monkeypatch.setattr(source_task, "check", lambda config: None)  # setup runs do not exist
     sweep = load_config_file(f"configs/sweeps/{name}.py", arg)
     S.check_keys(sweep)
     setup_dirs = {k: Path("/nonexistent") / k for k in (sweep.get("setup") or {})}
     for spec in (sweep.get("setup") or {}).values():
-        cfg_lib.check(load_config_file(spec["base"], S.arg_string(dict(spec.get("args") or {}))))
+        RunConfig.parse(
+            load_config_file(spec["base"], S.arg_string(dict(spec.get("args") or {})))
+        ).validate()
     count = 0
     for part in S.parts(sweep):
         for point in S.points(part["grid"], part.get("fixed")):
             args = S._substitute(point, setup_dirs)
-            run_cfg = load_config_file(part["base"], S.arg_string(args))
-            cfg_lib.check(run_cfg)
-            per_class, data = run_cfg.data.get("examples_per_class"), run_cfg.data
-            classes = data.get("classes") or data.get("label_names")
+            run_cfg = RunConfig.parse(load_config_file(part["base"], S.arg_string(args)))
+            run_cfg.validate()
+            per_class, data = run_cfg.data.examples_per_class, run_cfg.data
+            classes = data.classes or data.label_names
             if per_class and classes:  # batches drop the remainder: one batch must fit
                 assert run_cfg.train.batch_size <= per_class * len(classes), (part["name"], point)
             count += 1

@@ -131,3 +131,84 @@ def test_a_non_finite_step_changes_nothing_and_is_reported():
         jax.tree.leaves(before), jax.tree.leaves(jax.tree.map(np.asarray, state)), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_accumulation_weights_a_prompt_masked_batch_by_its_tokens():
+    """grad_accum=4 over a batch whose rows have very different numbers of target tokens (a
+    prompt-masked SFT batch) gives the loss and gradients of the whole batch at once; a mean of
+    per-micro-batch means would weight a 2-token row like a 30-token one."""
+    import optax
+
+    from adapt.harness.loop import loss_function
+    from adapt.models.llama import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1,
+                         initializer_range=0.1)  # fmt: skip
+    module = LlamaForCausalLM(config)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 64, (8, 32)).astype(np.int32)
+    params = module.init(jax.random.key(0), jnp.asarray(ids[:1]))["params"]
+    targets = [30, 29, 1, 1, 2, 1, 1, 2]  # response tokens at the end of each row
+    loss_mask = np.zeros((8, 32), np.float32)
+    attention = np.ones((8, 32), np.int32)
+    for row, n in enumerate(targets):
+        loss_mask[row, 32 - n :] = 1.0
+    batch = {
+        "input_ids": ids,
+        "labels": np.roll(ids, -1, 1),
+        "loss_mask": loss_mask,
+        "attention_mask": attention,
+    }
+
+    def forward(p, model_state, b, train, rng_):
+        out = module.apply({"params": p}, b["input_ids"], attention_mask=b["attention_mask"])
+        return out, model_state
+
+    loss = loss_function("causal_lm", forward, None)
+    mesh = sharding.make_mesh([("data", 1)])
+    results = {}
+    for accum in (1, 4):
+        trainer = Trainer(loss, optax.sgd(1.0), mesh, grad_accum=accum)  # update = -gradient
+        state = trainer.init_state(
+            jax.tree.map(jnp.copy, params), {}, jax.random.key_data(jax.random.key(0))
+        )
+        state, metrics = trainer.step(state, {}, batch)
+        results[accum] = (float(metrics["loss"]), jax.tree.map(np.asarray, state["trainable"]))
+    (loss1, p1), (loss4, p4) = results[1], results[4]
+    assert abs(loss1 - loss4) < 1e-6
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    # the unweighted mean of the micro-batch means (59, 2, 3 and 3 tokens) is another number
+    per_micro = [float(loss_mask[i : i + 2].sum()) for i in range(0, 8, 2)]
+    assert per_micro == [59.0, 2.0, 3.0, 3.0]
+
+
+def test_a_nan_learning_rate_never_reaches_the_weights():
+    """A NaN learning rate gives a finite loss and finite gradients but NaN updates: the step
+    must be refused, not taken (a checkpoint of it would hold NaN weights)."""
+    import optax
+
+    trainer, state, frozen = _setup()
+    mesh = trainer.mesh
+    labels = partition.label(PARAMS, [("head/.*", "head"), (".*", "backbone")])
+    tx = optim.build(
+        partition.trainable_labels(labels),
+        {"head": {"lr": float("nan")}, "backbone": {"lr": 0.1}},
+        100,
+    )
+    nan_trainer = Trainer(loss_fn, tx, mesh)
+    trainable, frozen = partition.split(PARAMS, labels)
+    state = nan_trainer.init_state(
+        jax.tree.map(jnp.copy, trainable), {}, jax.random.key_data(jax.random.key(0))
+    )
+    before = jax.tree.map(np.asarray, state["trainable"])
+    state, metrics = nan_trainer.step(state, frozen, _batches(1)[0])
+    assert np.isfinite(float(metrics["loss"])) and not bool(metrics["finite"])
+    for a, b in zip(
+        jax.tree.leaves(before),
+        jax.tree.leaves(jax.tree.map(np.asarray, state["trainable"])),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    del optax

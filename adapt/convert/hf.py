@@ -46,6 +46,9 @@ class Family:
     - ``ignore``: regexes of HF keys that are buffers, not weights (``.*position_ids``).
     - ``new_head(architecture) -> list[str]``: regexes of our leaves a checkpoint may lack
       (a task head added for fine-tuning); they are initialised from ``rng``.
+    - ``poolings``: how its classifiers may pool (config field ``pooling``); the default is
+      the checkpoint's own: a sentence-transformers folder's pooling when it has one
+      (:mod:`adapt.convert.sentence_transformers`), else the architecture's head.
     """
 
     name: str
@@ -58,6 +61,7 @@ class Family:
     table: Callable[[Any, str, Sequence[str] | None], list[mapping.Rule]]
     ignore: tuple[str, ...] = ()
     new_head: Callable[[str], list[str]] = lambda architecture: []
+    poolings: tuple[str, ...] = ()  # values of the config's ``pooling`` (classifier heads)
 
 
 def _families() -> list[Family]:
@@ -119,7 +123,7 @@ def abstract_params(module, inputs: tuple) -> dict:
     return shapes["params"]
 
 
-def _init_subset(module, inputs: tuple, wanted: list[str], rng) -> dict[str, jax.Array]:
+def init_subset(module, inputs: tuple, wanted: list[str], rng) -> dict[str, jax.Array]:
     """Initialise only ``wanted`` leaves; XLA prunes the rest of ``init`` as dead code."""
 
     def init():
@@ -151,7 +155,23 @@ def load_pretrained(
             f"architecture {architecture!r} is not supported for {fam.name} "
             f"(supported: {list(fam.architectures)})"
         )
-    config = fam.config_from_hf(hf_cfg, **overrides)
+    if fam.poolings and overrides.get("pooling") is None:
+        from adapt.convert.sentence_transformers import pooling_of
+
+        overrides["pooling"] = pooling_of(path)  # None without sentence-transformers files
+    elif overrides.get("pooling") not in (None, *fam.poolings):
+        raise UnsupportedConfigError(
+            f"pooling {overrides['pooling']!r} is not one of {fam.name}'s: {list(fam.poolings)}"
+        )
+    if not fam.poolings and overrides.get("pooling") is not None:
+        raise UnsupportedConfigError(f"{fam.name} models have no pooling option")
+    overrides = {k: v for k, v in overrides.items() if not (k == "pooling" and v is None)}
+    try:
+        config = fam.config_from_hf(hf_cfg, **overrides)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, UnsupportedConfigError):
+            raise
+        raise UnsupportedConfigError(f"{path}: {e}") from None
     module = fam.build(config, architecture)
     inputs = fam.dummy_inputs(config, architecture)
     expected = {
@@ -170,7 +190,7 @@ def load_pretrained(
         convert_leaf=jax.device_put,
     )
     if fresh:
-        flat.update(_init_subset(module, inputs, fresh, jax.random.key(0) if rng is None else rng))
+        flat.update(init_subset(module, inputs, fresh, jax.random.key(0) if rng is None else rng))
     return module, paths.unflatten(flat), config
 
 

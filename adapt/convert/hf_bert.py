@@ -115,8 +115,19 @@ def _expected_position_offset(config: bert.BertConfig) -> int:
 
 def config_to_hf(config: bert.BertConfig, architecture: str) -> dict:
     """A ``config.json`` that ``transformers.AutoModel*.from_pretrained`` builds the same model
-    from. Refuses a config transformers would compute differently (e.g. other position ids)."""
+    from. Refuses a config transformers would compute differently (other position ids, or a
+    sequence classifier that pools otherwise than the architecture's own head)."""
     _check_architecture(config, architecture)
+    if _head_kind(architecture) == "seq" and config.effective_pooling != config.native_pooling:
+        raise UnsupportedConfigError(
+            f"pooling {config.effective_pooling!r} cannot be written as a Hugging Face "
+            f"{architecture}, whose head always pools with "
+            f"{'its pooler (tanh dense on [CLS])' if config.native_pooling == 'pooler' else 'the <s> token'}; "
+            "write adapt's native format instead (export.native=True, or "
+            "adapt.convert.native.save_native), which keeps the pooling, or export the encoder "
+            "as BertModel (architecture='BertModel') and apply the 'classifier' weights to its "
+            f"{config.effective_pooling}-pooled output"
+        )
     if config.position_offset != _expected_position_offset(config):
         raise ValueError(
             f"position_offset={config.position_offset} cannot be expressed in a {config.model_type} "
@@ -259,7 +270,10 @@ def table(config: bert.BertConfig, architecture: str, hf_keys: Sequence[str] | N
     for ours, hf, kind in _BACKBONE:
         rules += _leaves(ours_prefix + ours, hf_prefix + hf, kind)
     kind = _head_kind(architecture)
-    for ours, hf, leaf_kind in _HEADS.get((name, kind), []):
+    heads = _HEADS.get((name, kind), [])
+    if kind == "seq" and config.effective_pooling != config.native_pooling:
+        heads = [("classifier", "classifier", "dense")]  # one linear layer on the pooled vector
+    for ours, hf, leaf_kind in heads:
         rules += _leaves(ours, hf, leaf_kind)
     return rules
 
@@ -284,6 +298,7 @@ FAMILY = Family(
     build=build,
     dummy_inputs=dummy_inputs,
     table=table,
+    poolings=bert.POOLINGS,
     ignore=(
         r"(.+\.)?embeddings\.(position_ids|token_type_ids)",  # buffers, not weights
         r"((bert|roberta)\.)?pooler\..*",  # a pooler the requested architecture lacks

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from adapt.errors import AdaptError
 
-class UnsupportedConfigError(ValueError):
+
+class UnsupportedConfigError(AdaptError, ValueError):
     """A Hugging Face config asks for something adapt does not implement."""
 
 

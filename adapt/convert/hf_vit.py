@@ -24,7 +24,7 @@ from adapt.convert.hf import Family
 from adapt.convert.hf_config import UnsupportedConfigError, as_dict, check_fields
 from adapt.convert.mapping import CONV_OIHW_TO_HWIO, IDENTITY, TRANSPOSE, Rule
 from adapt.models.layers import ACTIVATIONS
-from adapt.models.vit import ViTConfig, ViTForImageClassification, ViTModel
+from adapt.models.vit import POOLINGS, ViTConfig, ViTForImageClassification, ViTModel
 
 ARCHITECTURES = ("ViTForImageClassification", "ViTModel")
 
@@ -88,6 +88,12 @@ def config_from_hf(hf: Any, **overrides: Any) -> ViTConfig:
 
 def config_to_hf(config: ViTConfig, architecture: str) -> dict:
     """A ``config.json`` that ``transformers.ViTConfig`` reads back to the same model."""
+    if architecture == "ViTForImageClassification" and config.pooling not in (None, "cls"):
+        raise UnsupportedConfigError(
+            f"pooling {config.pooling!r} cannot be written as a Hugging Face "
+            "ViTForImageClassification, whose classifier reads the [CLS] token; write adapt's "
+            "native format instead (export.native=True, or adapt.convert.native.save_native)"
+        )
     hf: dict[str, Any] = {
         k: list(v) if isinstance(v, tuple) else v
         for k, v in ((k, getattr(config, k)) for k in _FIELDS)
@@ -201,6 +207,7 @@ FAMILY = Family(
     # consulted for keys no rule of the requested architecture claims.
     ignore=(r"classifier\.(weight|bias)", r"(vit\.)?pooler\.dense\.(weight|bias)"),
     new_head=new_head,
+    poolings=POOLINGS,
 )
 
 __all__ = ["FAMILY", "config_from_hf", "config_to_hf"]

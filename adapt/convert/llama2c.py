@@ -25,13 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapt import paths
+from adapt.errors import AdaptError
 from adapt.models.llama import LlamaConfig, LlamaForCausalLM
 
 _HEADER_INTS = 7
 _V1_MAGIC = 0x616B3432  # "ak42": the versioned llama2.c export, a different layout
 
 
-class Llama2cFormatError(ValueError):
+class Llama2cFormatError(AdaptError, ValueError):
     """The file is not a legacy llama2.c checkpoint, or is truncated/corrupt."""
 
 

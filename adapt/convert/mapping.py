@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adapt.convert.safetensors_io import aligned_empty
+from adapt.errors import AdaptError
 from adapt.paths import shorten_list
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(AdaptError, ValueError):
     """The checkpoint's keys or shapes do not fit the model."""
 
 

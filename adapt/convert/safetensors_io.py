@@ -23,6 +23,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from adapt.errors import AdaptError
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -42,7 +44,7 @@ _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(AdaptError, ValueError):
     """A checkpoint file is missing, truncated or not valid safetensors."""
 
 

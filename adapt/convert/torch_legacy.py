@@ -34,6 +34,8 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
+from adapt.errors import AdaptError
+
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 
@@ -51,7 +53,7 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
 }
 
 
-class LegacyFormatError(ValueError):
+class LegacyFormatError(AdaptError, ValueError):
     """Not a legacy torch file, a truncated one, or one that names code we refuse to run."""
 
 

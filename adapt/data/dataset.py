@@ -26,8 +26,10 @@ from typing import Any, Self
 
 import numpy as np
 
+from adapt.errors import AdaptError
 
-class DataError(ValueError):
+
+class DataError(AdaptError, ValueError):
     """Bad data or bad data options; the message says what was wrong and how to fix it."""
 
 
@@ -147,6 +149,15 @@ def map_labels(
     each value's id is its position among them. Anything else raises a DataError naming the row.
     """
     values = list(values)
+    empty = [
+        row for row, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())
+    ]
+    if empty:
+        rows = ", ".join(str(r + 1) for r in empty[:10]) + (" ..." if len(empty) > 10 else "")
+        raise DataError(
+            f"{len(empty)} example(s) of {source} have an empty label: data row(s) {rows} "
+            "(1 = the first row after the header); fill in their labels or remove those rows"
+        )
     kinds = set()
     clean: list[Any] = []
     for row, v in enumerate(values):

@@ -59,6 +59,8 @@ def read_table(
         raise DataError(
             f"cannot read {path}: unknown extension {suffix!r}; use one of {list(FORMATS)}"
         )
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes); it should hold a header and examples")
     kwargs: dict[str, Any] = {}
     if FORMATS[suffix] == "csv":
         kwargs["keep_default_na"] = False  # a text cell "NA" is text, not a missing value
@@ -73,10 +75,12 @@ def read_table(
             cache_dir=cache_dir,
             **kwargs,
         )
-    except ValueError as e:
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds; name the file always
         if "corresponds to no data" in str(e):  # datasets' way of saying the file has no rows
             raise DataError(f"{path} has no examples (only a header, or nothing at all)") from e
-        raise DataError(f"could not read {path} as {FORMATS[suffix]}: {e}") from e
+        cause = e.__cause__ or e.__context__
+        detail = f"{e}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+        raise DataError(f"could not read {path} as {FORMATS[suffix]}: {detail}") from e
     return table, str(path)
 
 
@@ -84,7 +88,7 @@ def column(table: Any, name: str, role: str, where: str) -> list:
     if name not in table.column_names:
         raise DataError(
             f"{role} column {name!r} not found in {where}; available columns: {table.column_names}"
-            f" (set {role}_column=...)"
+            f" (set data.{role}_column)"
         )
     return list(table.select_columns([name])[:][name])  # one batched read; iterating is slow
 

@@ -1,38 +1,45 @@
-"""From a config's ``data`` section to train and eval data sets (see :mod:`adapt.data`).
+"""From a config's ``data`` section (:class:`~adapt.harness.config.DataSection`) to train and
+eval data sets (see :mod:`adapt.data`).
 
-``data.kind`` selects the loader; the remaining keys are that loader's options, so every option
-documented in :mod:`adapt.data.text`, :mod:`adapt.data.images` and :mod:`adapt.data.lm` is
-reachable from a config. Keys of this section:
+``data.kind`` selects the loader (text | image | lm); every option of
+:mod:`adapt.data.text`, :mod:`adapt.data.images` and :mod:`adapt.data.lm` is a field of the
+section. Where the evaluation examples come from, in order:
 
-- all kinds: ``kind`` (text | image | lm), ``source`` (file or folder), ``train_split``,
-  ``eval_split``, ``seed`` (selection; defaults to the run seed), ``eval_max_examples``;
-- text: ``tokenizer`` (a ``tokenizer.json`` or folder; default: the model's folder),
-  ``max_length``, ``bucket_boundaries`` and the selection/column options of
-  :func:`adapt.data.read_text_classification`;
-- image: ``preprocessing`` and ``augmentation`` dicts (:class:`adapt.data.ImagePreprocessing`,
-  :class:`adapt.data.Augmentation`), ``eval_source`` and the selection options;
-- lm: ``tokenizer`` (a SentencePiece ``.model``), ``seq_len``, ``document_separator``,
-  ``format`` (text | prompt_response), ``eval_source``.
+1. ``eval_source``: another file or folder (its ``eval_split`` when it is a folder);
+2. ``eval_fraction``: that fraction of ``source`` is held out, stratified by class for
+   classification (each class permuted by ``split_seed``, fixed across run seeds, so every seed
+   of a study is evaluated on the same examples); for LM data, whole packed rows;
+3. a folder ``source``: its ``eval_split`` file.
+
+A single-file ``source`` with neither 1 nor 2 is an error: reading "its eval split" would read
+the training file again and report training accuracy as if it were held out. Selection
+(``classes``, ``examples_per_class``, ``max_examples``, seeded by ``seed`` or the run's seed)
+applies to the training examples after the hold-out; ``classes`` also filters the eval set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from adapt import weights
 from adapt.data import (
     Augmentation,
+    ClassificationData,
     DataError,
     ImagePreprocessing,
     load_image_classification,
     load_lm_text,
     load_prompt_response,
-    load_text_classification,
+    read_text_classification,
+    tokenize,
 )
 from adapt.data.dataset import select
-from adapt.harness.config import ConfigError, to_dict
+from adapt.harness.config import ConfigError, DataSection
 
 
 @dataclass
@@ -41,10 +48,10 @@ class Data:
     eval: Any
     num_labels: int | None
     label_names: list[str] | None
+    val: Any = None  # carved from the training examples (data.val_fraction), for selection
 
 
-def _tokenizer_path(options: dict, model_path: str | None) -> Path:
-    given = options.pop("tokenizer", None)
+def _tokenizer_path(given: str | None, model_path: str | None) -> Path:
     path = weights.resolve(given or model_path)
     if path.is_dir():
         path = path / "tokenizer.json"
@@ -53,104 +60,218 @@ def _tokenizer_path(options: dict, model_path: str | None) -> Path:
     return path
 
 
-def load_data(cfg: Any, *, seed: int, model_path: str | None) -> Data:
-    """Train and eval sets for ``cfg`` (a config's ``data`` section)."""
-    options = to_dict(cfg)
-    if options.get("source") is None:
+def _is_single_file(source: str) -> bool:
+    return not source.startswith(("hub:", "tfds:")) and Path(source).is_file()
+
+
+EVAL_SALT, VAL_SALT = 0xE7A1, 0x7A1D  # the eval and validation carves draw differently
+
+
+def holdout(data: Any, fraction: float, seed: int, salt: int = EVAL_SALT) -> tuple[Any, Any]:
+    """``(rest, held_out)``: ``fraction`` of ``data`` held out, per class when it has labels
+    (each class permuted by ``(seed, salt, class)``, at least one example of a class with two
+    or more); indices stay in file order."""
+    n = data.num_examples
+    if isinstance(data, ClassificationData):
+        held = []
+        for c in range(data.num_classes):
+            members = np.flatnonzero(data.labels == c)
+            k = int(round(fraction * len(members)))
+            k = min(max(k, 1 if len(members) > 1 else 0), len(members) - 1 if members.size else 0)
+            order = np.random.default_rng([seed, salt, c]).permutation(len(members))
+            held.append(members[order[:k]])
+        held_idx = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    else:
+        k = int(round(fraction * n))
+        held_idx = np.sort(np.random.default_rng([seed, salt]).permutation(n)[:k])
+    if len(held_idx) == 0 or len(held_idx) == n:
+        what = "eval_fraction" if salt == EVAL_SALT else "val_fraction"
+        raise DataError(
+            f"data.{what}={fraction} of {n} examples leaves one side empty; choose a fraction "
+            "that keeps examples on both sides"
+        )
+    rest_idx = np.setdiff1d(np.arange(n), held_idx)
+    return data.select(rest_idx), data.select(held_idx)
+
+
+def _read(section: DataSection, source: str, split: str) -> ClassificationData:
+    """Every example of one split, unselected (text: not yet tokenised)."""
+    if section.kind == "text":
+        options = {
+            k: getattr(section, k)
+            for k in (
+                "label_names",
+                "label_names_file",
+                "delimiter",
+                "cache_dir",
+                "dataset_config",
+                "text_pair_column",
+            )  # fmt: skip
+            if getattr(section, k) is not None
+        }
+        return read_text_classification(
+            source,
+            split=split,
+            text_column=section.text_column or "text",
+            label_column=section.label_column or "label",
+            **options,
+        )
+    prep = ImagePreprocessing(**_tuples(section.preprocessing))
+    return load_image_classification(
+        source,
+        split=split,
+        label_names=section.label_names,
+        image_shape=section.image_shape,
+        preprocessing=prep,
+        data_dir=section.data_dir,
+    )
+
+
+def _finish(section: DataSection, data: ClassificationData, model_path: str | None) -> Any:
+    """Tokenise text (one tokenizer for both splits)."""
+    if section.kind != "text":
+        return data
+    return tokenize(
+        data,
+        _tokenizer_path(section.tokenizer, model_path),
+        max_length=section.max_length,
+        bucket_boundaries=section.bucket_boundaries,
+        token_type_ids=section.token_type_ids,
+        pad_id=section.pad_id,
+    )
+
+
+def load_splits(
+    section: DataSection | Any, *, seed: int, model_path: str | None, roles=("train", "eval")
+) -> dict[str, Any]:
+    """The classification splits of ``section`` named in ``roles`` (module docstring)."""
+    section = DataSection.parse_one(section, "data")
+    if section.source is None:
         raise ConfigError("data.source is required (a file or folder of the data set)")
-    if options.get("kind") == "lm":
-        return _load_lm(options)
-    train = load_split(cfg, "train", seed=seed, model_path=model_path)
-    evaluation = load_split(cfg, "eval", seed=seed, model_path=model_path)
+    if section.kind not in ("text", "image"):
+        raise ConfigError(
+            f"data.kind must be text or image for labelled data, got {section.kind!r}"
+        )
+    source = str(section.source)
+    data_seed = seed if section.seed is None else section.seed
+    single = _is_single_file(source)
+    if single and section.eval_source is None and not section.eval_fraction and "eval" in roles:
+        raise DataError(
+            f"data.source {source} is a single file, so it has no separate evaluation split "
+            f"(eval_split {section.eval_split!r} would read the training examples again); set "
+            "data.eval_source to a file of held-out examples, or data.eval_fraction (e.g. 0.2) "
+            "to hold out part of this one"
+        )
+    out: dict[str, Any] = {}
+    train_full = None
+    if "train" in roles or section.eval_fraction:
+        train_full = _read(section, source, section.train_split)
+    evaluation = None
+    if "eval" in roles:
+        if section.eval_source is not None:
+            evaluation = _read(section, str(section.eval_source), section.eval_split)
+        elif section.eval_fraction:
+            train_full, evaluation = holdout(train_full, section.eval_fraction, section.split_seed)
+        else:
+            evaluation = _read(section, source, section.eval_split)
+    elif section.eval_fraction:  # the train role alone still excludes the held-out examples
+        train_full, _ = holdout(train_full, section.eval_fraction, section.split_seed)
+    if "train" in roles:
+        train = select(
+            train_full,
+            classes=section.classes,
+            examples_per_class=section.examples_per_class,
+            max_examples=section.max_examples,
+            seed=data_seed,
+            source=source,
+        )
+        if section.val_fraction:
+            train, val = holdout(train, section.val_fraction, data_seed, VAL_SALT)
+            out["val"] = _finish(section, val, model_path)
+        if section.kind == "image" and section.augmentation:
+            train = dataclasses.replace(train, augmentation=Augmentation(**section.augmentation))
+        out["train"] = _finish(section, train, model_path)
+    if evaluation is not None:
+        evaluation = select(evaluation, classes=section.classes, source=source)
+        if section.eval_max_examples and evaluation.num_examples > section.eval_max_examples:
+            evaluation = select(evaluation, max_examples=section.eval_max_examples, seed=data_seed)
+        out["eval"] = _finish(section, evaluation, model_path)
+    return out
+
+
+def load_data(section: DataSection | Any, *, seed: int, model_path: str | None) -> Data:
+    """Train and eval sets for a config's ``data`` section."""
+    section = DataSection.parse_one(section, "data")
+    if section.kind == "lm":
+        return _load_lm(section)
+    splits = load_splits(section, seed=seed, model_path=model_path)
+    train, evaluation = splits["train"], splits["eval"]
     if train.label_names != evaluation.label_names:
         raise DataError(
             f"train and eval label maps differ: {train.label_names[:10]} vs "
             f"{evaluation.label_names[:10]}; give data.label_names explicitly"
         )
-    return Data(train, evaluation, len(train.label_names), list(train.label_names))
+    return Data(
+        train, evaluation, len(train.label_names), list(train.label_names), splits.get("val")
+    )
 
 
-def load_split(cfg: Any, role: str, *, seed: int, model_path: str | None) -> Any:
-    """One classification split of a ``data`` section: ``role="train"`` is ``train_split`` with
-    the selection options (``examples_per_class``, ``max_examples``), ``role="eval"`` is
-    ``eval_split`` of ``eval_source`` (default ``source``) cut to ``eval_max_examples``.
-
-    Separate from :func:`load_data` for data the run only evaluates or samples (a source task's
-    eval set, the examples of EWC's Fisher), so the split it does not need is never read.
-    """
+def load_split(section: DataSection | Any, role: str, *, seed: int, model_path: str | None) -> Any:
+    """One classification split (``role`` "train" or "eval"), for data the run only evaluates
+    or samples (a source task's eval set, the examples of EWC's Fisher)."""
     if role not in ("train", "eval"):
         raise ValueError(f"role must be 'train' or 'eval', got {role!r}")
-    options = to_dict(cfg)
-    kind = options.pop("kind", None)
-    source = options.pop("source", None)
-    if source is None:
-        raise ConfigError("data.source is required (a file or folder of the data set)")
-    train_split = options.pop("train_split", "train")
-    eval_split = options.pop("eval_split", "dev")
-    data_seed = options.pop("seed", seed)
-    eval_max = options.pop("eval_max_examples", None)
-    eval_source = options.pop("eval_source", None)
-    selection = {k: options.pop(k) for k in ("examples_per_class", "max_examples") if k in options}
-    train = role == "train"
-    if not train:
-        selection = {}
-    src = source if train else (eval_source or source)
-    split = train_split if train else eval_split
-    if kind == "text":
-        tok = _tokenizer_path(options, model_path)
-        common = {
-            k: options.pop(k)
-            for k in ("max_length", "bucket_boundaries", "token_type_ids")
-            if k in options
-        }
-        data = load_text_classification(
-            src, tok, split=split, seed=data_seed, **common, **selection, **options
-        )
-    elif kind == "image":
-        prep = ImagePreprocessing(**_tuples(options.pop("preprocessing", {})))
-        aug_cfg = options.pop("augmentation", None)
-        aug = Augmentation(**aug_cfg) if aug_cfg and train else None
-        data = load_image_classification(
-            src,
-            split=split,
-            seed=data_seed,
-            preprocessing=prep,
-            **({"augmentation": aug} if train else {}),
-            **selection,
-            **options,
-        )
-    elif kind == "lm":
-        raise ConfigError("load_split reads classification data; kind 'lm' has no labels")
-    else:
-        raise ConfigError(f"data.kind must be text, image or lm; got {kind!r}")
-    if not train and eval_max is not None and data.num_examples > eval_max:
-        data = select(data, max_examples=eval_max, seed=data_seed)
-    return data
+    return load_splits(section, seed=seed, model_path=model_path, roles=(role,))[role]
 
 
-def _load_lm(options: dict) -> Data:
+_LM_TEXT = ("document_separator", "bos", "eos", "max_documents", "text_column", "cache_dir")
+_LM_PROMPT = ("prompt_column", "response_column", "template", "pack_examples", "max_examples",
+              "cache_dir")  # fmt: skip
+
+
+def _load_lm(section: DataSection) -> Data:
     from adapt.convert.llama2c import SentencePieceTokenizer
 
-    source = options.pop("source")
-    for key in ("kind", "train_split", "eval_split", "seed", "eval_max_examples"):
-        options.pop(key, None)
-    eval_source = options.pop("eval_source", None)
-    tok_path = options.pop("tokenizer", None)
-    if tok_path is None:
+    if section.tokenizer is None:
         raise ConfigError("data.tokenizer is required for kind 'lm' (a SentencePiece .model)")
-    tokenizer = SentencePieceTokenizer(weights.resolve(tok_path))
-    fmt = options.pop("format", "text")
-    loader = {"text": load_lm_text, "prompt_response": load_prompt_response}.get(fmt)
-    if loader is None:
-        raise ConfigError(f"data.format {fmt!r} is not 'text' or 'prompt_response'")
-    seq_len = options.pop("seq_len", 128)
-    train = loader(source, tokenizer, seq_len, **options)
-    evaluation = loader(eval_source, tokenizer, seq_len, **options) if eval_source else train
-    return Data(train, evaluation, None, None)
+    tokenizer_path = weights.resolve(section.tokenizer)
+    if not tokenizer_path.is_file():
+        raise DataError(f"data.tokenizer {tokenizer_path} is not a SentencePiece .model file")
+    try:
+        tokenizer = SentencePieceTokenizer(tokenizer_path)
+    except (OSError, RuntimeError) as e:
+        raise DataError(
+            f"data.tokenizer {tokenizer_path} is not a SentencePiece model ({e})"
+        ) from None
+    if section.format == "text":
+        loader, keys = load_lm_text, _LM_TEXT
+    elif section.format == "prompt_response":
+        loader, keys = load_prompt_response, _LM_PROMPT
+    else:
+        raise ConfigError(f"data.format {section.format!r} is not 'text' or 'prompt_response'")
+    options = {k: getattr(section, k) for k in keys if getattr(section, k) is not None}
+    if section.pad_id is not None:
+        options["pad_id"] = section.pad_id
+    source = str(section.source)
+    train = loader(source, tokenizer, section.seq_len, **options)
+    val = None
+    if section.eval_source is not None:
+        evaluation = loader(str(section.eval_source), tokenizer, section.seq_len, **options)
+    elif section.eval_fraction:
+        train, evaluation = holdout(train, section.eval_fraction, section.split_seed)
+    else:
+        raise DataError(
+            f"data.source {source} gives the training text and nothing is held out for "
+            "evaluation (it would report the NLL of the training rows); set data.eval_source to "
+            "another file, or data.eval_fraction (e.g. 0.2) to hold out that share of the rows"
+        )
+    if section.val_fraction:
+        train, val = holdout(train, section.val_fraction, section.split_seed, VAL_SALT)
+    return Data(train, evaluation, None, None, val)
 
 
 def _tuples(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(d).items()}
 
 
-__all__ = ["Data", "load_data", "load_split"]
+__all__ = ["EVAL_SALT", "VAL_SALT", "Data", "holdout", "load_data", "load_split", "load_splits"]

@@ -14,7 +14,6 @@ from typing import Any
 
 from adapt import partition
 from adapt.harness import regularize, source_task, wise
-from adapt.harness.config import get
 from adapt.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from adapt.train import Trainer
 
@@ -47,9 +46,8 @@ class RunHooks:
         """Check the sections, load the source head and data, compute EWC's Fisher. Writes
         nothing, so a bad config leaves the workdir untouched."""
         config = exp.config
-        check(config)  # build() checked already; cheap, and create() may be called on its own
         model = exp.model
-        batch_size = int(get(config.train, "eval_batch_size", config.train.batch_size))
+        batch_size = config.train.eval_batch
         source = source_task.SourceTask.create(
             config, model, seed=exp.seed, batch_size=batch_size, mesh=exp.mesh
         )

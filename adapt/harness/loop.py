@@ -11,6 +11,8 @@ experiment is refused before anything is written.
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,23 +24,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapt import optim, partition, paths, sharding
-from adapt.checkpoint import Checkpointer, PreemptionFlag
-from adapt.data import train_batches
-from adapt.fingerprint import config_fingerprint, jsonable, params_fingerprint
-from adapt.harness import config as cfg_lib
-from adapt.harness.config import ConfigError, get
+from adapt.checkpoint import Checkpointer, PreemptionFlag, WorkdirMismatchError
+from adapt.data import steps_per_epoch, train_batches
+from adapt.fingerprint import config_fingerprint, params_fingerprint
+from adapt.harness.config import ConfigError, RunConfig, suggest
 from adapt.harness.data_setup import Data, load_data
 from adapt.harness.evaluation import evaluate
 from adapt.harness.hooks import RunHooks
-from adapt.harness.model_setup import Model, attach_methods, forward_fn, load_model
-from adapt.metrics import MetricsWriter, ProgressBar, plot_learning_curves, write_results
+from adapt.harness.model_setup import FIT_ONLY, Model, attach_methods, forward_fn, load_model
+from adapt.harness.selection import BestModel
+from adapt.metrics import (
+    RESULTS_FILE,
+    MetricsWriter,
+    ProgressBar,
+    plot_learning_curves,
+    write_results,
+)
 from adapt.tasks.causal_lm import causal_lm_loss
 from adapt.tasks.classification import cross_entropy
-from adapt.train import Trainer, check_finite, place_frozen
+from adapt.train import LOSS_WEIGHT, NonFiniteLossError, Trainer, place_frozen
 
 
-def _mesh_rules(config: Any) -> list[tuple[str, str]]:
-    rules = get(config.get("mesh"), "rules", "dp")
+def _mesh_rules(config: RunConfig) -> list[tuple[str, str]]:
+    rules = config.mesh.rules
     if isinstance(rules, str):
         if rules not in sharding.RULE_PRESETS:
             raise ConfigError(f"mesh.rules {rules!r} is not one of {sorted(sharding.RULE_PRESETS)}")
@@ -58,27 +66,43 @@ def loss_function(task: str, forward, num_labels: int | None):
             acc = jnp.mean((jnp.argmax(out["logits"], -1) == batch["labels"]).astype(jnp.float32))
             return loss, ({"accuracy": acc}, new_state)
         loss, sums = causal_lm_loss(out["logits"], batch["labels"], batch["loss_mask"])
-        return loss, ({"tokens": sums["tokens"]}, new_state)
+        metrics = {"tokens": sums["tokens"], LOSS_WEIGHT: sums["tokens"]}
+        return loss, (metrics, new_state)
 
     return loss_fn
 
 
-def _group_specs(config: Any, labels: set[str]) -> dict[str, dict]:
-    optim_cfg = config.get("optim")
-    default = dict(get(optim_cfg, "default", None) or {"lr": 1e-3})
-    groups = cfg_lib.to_dict(get(optim_cfg, "groups", None) or {})
-    return {lab: {**default, **groups.get(lab, {})} for lab in labels}
+def _group_specs(config: RunConfig, labels: set[str], total: int) -> dict[str, dict]:
+    """Each label's optimizer settings, with ``warmup_fraction`` turned into steps."""
+    specs = {}
+    for lab in labels:
+        spec = config.optim.group(lab)
+        fraction = spec.pop("warmup_fraction", 0.0)
+        if fraction:
+            spec["warmup_steps"] = int(round(fraction * total))
+        specs[lab] = spec
+    return specs
 
 
-def _stage_steps(config: Any, num_stages: int) -> list[int]:
-    total = int(config.train.steps)
-    given = get(config.get("method"), "stages", None)
+def total_steps(config: RunConfig, data: Data) -> int:
+    """Optimizer steps of the run: ``train.steps``, or ``train.epochs`` passes over the training
+    examples in full batches (0 for the recipes that only fit a head)."""
+    if config.method.name in FIT_ONLY or not (config.train.epochs or config.train.steps):
+        return 0
+    if config.train.epochs:
+        per_epoch = steps_per_epoch(data.train.num_examples, config.train.batch_size)
+        return max(1, math.ceil(config.train.epochs * per_epoch))
+    return config.train.steps
+
+
+def _stage_steps(config: RunConfig, num_stages: int, total: int) -> list[int]:
+    given = config.method.stages
     if given:
         steps = [int(s) for s in given]
         if len(steps) != num_stages or sum(steps) != total:
             raise ConfigError(
                 f"method.stages {steps} must give one step count per stage ({num_stages}) "
-                f"summing to train.steps ({total})"
+                f"summing to the run's steps ({total})"
             )
         return steps
     if num_stages == 1:
@@ -87,12 +111,72 @@ def _stage_steps(config: Any, num_stages: int) -> list[int]:
     return [base + (i < extra) for i in range(num_stages)]
 
 
+def _check_groups(config: RunConfig, model: Model, stages: list) -> None:
+    """Every ``optim.groups`` label must be a label of the partition: a misspelt label would
+    otherwise leave its group with the default settings, silently."""
+    used: set[str] = set()
+    for rules in stages:
+        used |= {lab for _, lab in rules if lab is not None}
+    for label in config.optim.groups:
+        if label not in used:
+            raise ConfigError(
+                f"optim.groups.{label}: no parameter of method {config.method.name!r} has the "
+                f"label {label!r}{suggest(label, sorted(used))}; its labels are {sorted(used)}"
+            )
+
+
+def _check_export(config: RunConfig, model: Model) -> None:
+    """A full-model export folds the methods into the base weights: refuse, before training,
+    a method that cannot be folded (adapters, prompts add computation, not a weight delta)."""
+    from adapt.convert import hf
+    from adapt.methods.base import Method
+
+    if not (config.export.hf or config.export.native):
+        return
+    if config.export.hf:
+        try:  # what Hugging Face cannot represent (a classifier's pooling) is refused now
+            hf.to_hf_config(model.config, model.architecture)
+        except (hf.UnsupportedConfigError, ValueError) as e:
+            raise ConfigError(f"export.hf: {e}") from None
+    unmergeable = [type(m).__name__ for m in model.methods if type(m).merge is Method.merge]
+    if unmergeable:
+        raise ConfigError(
+            f"export.hf/export.native write the whole model with the method folded in, which "
+            f"{', '.join(unmergeable)} cannot be; drop the export, or export the adapter "
+            "(adapt.peft_format.export_adapter)"
+        )
+
+
+def _check_batches(config: RunConfig, data: Data, mesh: Any) -> None:
+    """A batch must fit the examples and split over the data-parallel devices."""
+    batch = config.train.batch_size
+    shards = sharding.data_parallel_size(mesh)
+    for size, what in ((batch, "train.batch_size"), (config.train.eval_batch, "eval batch size")):
+        if size % shards:
+            raise ConfigError(
+                f"{what} ({size}) must be a multiple of the {shards} data-parallel devices of "
+                f"mesh.axes {config.mesh.axes}"
+            )
+    if (config.train.batch_size // config.train.grad_accum) % shards:
+        raise ConfigError(
+            f"each of the {config.train.grad_accum} micro-batches of train.batch_size {batch} "
+            f"must split over the {shards} data-parallel devices"
+        )
+    n = data.train.num_examples
+    if batch > n and config.method.name not in FIT_ONLY:
+        raise ConfigError(
+            f"train.batch_size ({batch}) exceeds the {n} training examples; lower it to at most {n}"
+        )
+    if config.train.select_best is not None and data.val is None:
+        raise ConfigError("train.select_best needs a validation split (data.val_fraction)")
+
+
 @dataclass
 class Experiment:
     """Everything a config builds before training: what :func:`run` and
     :func:`evaluate_workdir` share."""
 
-    config: Any
+    config: RunConfig
     task: str
     seed: int
     data: Data
@@ -107,21 +191,26 @@ class Experiment:
 
 
 def build(config: Any) -> Experiment:
-    cfg_lib.check(config)
-    RunHooks.check(config)  # the regularizer, source_task and wise_ft sections
-    seed = int(get(config, "seed", 0))
-    task = get(config, "task", "classification")
-    if task not in ("classification", "causal_lm"):
-        raise ConfigError(f"task must be 'classification' or 'causal_lm', got {task!r}")
+    """Check the config, then load data and model and attach the methods (writes nothing)."""
+    config = RunConfig.parse(config)
+    config.validate()
+    seed, task = config.seed, config.task
     rng_model, rng_method, rng_train = jax.random.split(jax.random.key(seed), 3)
-    mesh = sharding.make_mesh([tuple(a) for a in get(config.get("mesh"), "axes", [("data", -1)])])
-    data: Data = load_data(config.data, seed=seed, model_path=get(config.model, "path"))
+    try:
+        mesh = sharding.make_mesh([tuple(a) for a in config.mesh.axes])
+    except ValueError as e:
+        raise ConfigError(f"mesh.axes {config.mesh.axes}: {e}") from None
+    data: Data = load_data(config.data, seed=seed, model_path=config.model.path)
+    _check_batches(config, data, mesh)
     model: Model = load_model(config.model, data.num_labels, rng_model)
-    stages = attach_methods(model, config.get("method"), rng_method)
-    forward = forward_fn(model, bool(get(config.model, "train_batch_stats", True)))
+    stages = attach_methods(model, config.method, rng_method)
+    _check_groups(config, model, stages)
+    _check_export(config, model)
+    forward = forward_fn(model, config.model.train_batch_stats)
+    steps = _stage_steps(config, len(stages), total_steps(config, data))
     return Experiment(
-        config, task, seed, data, model, stages, _stage_steps(config, len(stages)), mesh,
-        _mesh_rules(config), forward, loss_function(task, forward, data.num_labels), rng_train,
+        config, task, seed, data, model, stages, steps, mesh, _mesh_rules(config), forward,
+        loss_function(task, forward, data.num_labels), rng_train,
     )  # fmt: skip
 
 
@@ -132,21 +221,20 @@ def stage_trainer(exp: Experiment, rules: Any) -> tuple[Trainer, dict, dict, dic
     trainable, frozen_full = partition.split(exp.model.params, labels)
     tl = partition.trainable_labels(labels)
     total = sum(exp.steps_per_stage)
-    decay = get(config.get("optim"), "layerwise_decay", None)
+    decay = config.optim.layerwise_decay
     multipliers = None
     if decay:
         layers = getattr(exp.model.config, "num_hidden_layers", None)
         if layers is None:
             raise ConfigError("optim.layerwise_decay needs a model with num_hidden_layers")
         multipliers = optim.layerwise_multipliers(trainable, int(layers), float(decay))
-    groups = _group_specs(config, set(paths.flatten(tl).values()))
-    tx = optim.build(tl, groups, total, multipliers=multipliers)
+    groups = _group_specs(config, set(paths.flatten(tl).values()), total)
+    tx = optim.build(tl, groups, max(total, 1), multipliers=multipliers)
     trainer = Trainer(
         exp.loss_fn, tx, exp.mesh, exp.shard_rules,
-        grad_accum=int(get(config.train, "grad_accum", 1)),
-        remat=get(config.train, "remat", "none"),
+        grad_accum=config.train.grad_accum, remat=config.train.remat,
     )  # fmt: skip
-    frozen_dtype = get(config.model, "frozen_dtype", None)
+    frozen_dtype = config.model.frozen_dtype
     frozen = place_frozen(
         frozen_full,
         exp.mesh,
@@ -156,78 +244,274 @@ def stage_trainer(exp: Experiment, rules: Any) -> tuple[Trainer, dict, dict, dic
     return trainer, trainable, frozen, frozen_full
 
 
+def trainable_count(exp: Experiment) -> int:
+    """Trainable parameters of the run's last stage (what the method trains at the end)."""
+    labels = partition.label(exp.model.params, exp.stages[-1])
+    return partition.count(partition.split(exp.model.params, labels)[0])
+
+
+def finished_results(workdir: Path, fingerprint: dict, config_dict: dict) -> dict | None:
+    """The results of a finished run of this experiment in ``workdir`` (None if it has not
+    finished); a finished run of *another* experiment is refused. Reads only."""
+    path = workdir / RESULTS_FILE
+    if not path.exists():
+        return None
+    try:
+        prior = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WorkdirMismatchError(
+            f"{path} is damaged ({e}); move it away to re-run the experiment here, or use a "
+            "new workdir. Nothing was changed."
+        ) from None
+    stored = prior.get("fingerprint") if isinstance(prior, dict) else None
+    if stored is None:  # results written before fingerprints: compare the saved config
+        saved = workdir / "config.json"
+        same = saved.exists() and json.loads(saved.read_text()) == config_dict
+    else:
+        same = stored == fingerprint
+    if not same:
+        differs = [
+            what
+            for part, what in (("config", "run config"), ("base", "base parameters"))
+            if stored is None or stored.get(part) != fingerprint[part]
+        ]
+        saved = workdir / "config.json"
+        changed = []
+        if saved.exists():
+            from adapt.checkpoint import config_diff
+
+            changed = config_diff(json.loads(saved.read_text()), config_dict)
+        raise WorkdirMismatchError(
+            f"{workdir} holds the finished results of a different run ({path}: the "
+            f"{' and '.join(differs)} {'differ' if len(differs) > 1 else 'differs'}"
+            + (f"; changed config keys: {', '.join(changed[:10])}" if changed else "")
+            + f"). Use a new workdir, or delete the old one (rm -r {workdir}) to start over. "
+            "Nothing was changed."
+        )
+    return prior
+
+
 def run(config: Any, workdir: str | Path) -> dict:
-    """Train and evaluate as ``config`` says, in ``workdir``; returns the final results."""
+    """Train and evaluate as ``config`` says, in ``workdir``; returns the final results.
+
+    Everything that can be wrong with the config, data, model or workdir is found before the
+    first file is written. A workdir holding the finished run of this same experiment is left
+    as it is and its results are returned (with ``"already_finished": True``).
+    """
     workdir = Path(workdir)
-    config_dict = jsonable(cfg_lib.to_dict(config))
     exp = build(config)
-    hooks = RunHooks.create(exp, workdir)  # source task, regularizer, WiSE-FT; writes nothing
-    data, model, stages, steps_per_stage = exp.data, exp.model, exp.stages, exp.steps_per_stage
-    task, seed, mesh, forward, rng_train = exp.task, exp.seed, exp.mesh, exp.forward, exp.rng_train
+    config = exp.config
+    config_dict = config.to_dict()
+    model = exp.model
     fingerprint = {
         "config": config_fingerprint(config_dict),
         "base": params_fingerprint(model.base_params),
     }
-    every = int(get(config.get("checkpoint"), "every", 0) or 0) or int(config.train.steps)
-    ckpt = Checkpointer(
-        workdir,
-        every=every,
-        keep=int(get(config.get("checkpoint"), "keep", 2)),
-        fingerprint=fingerprint,
-        config=config_dict,
-    )  # refuses a workdir of another experiment before anything is written
-    start = ckpt.latest_step() or 0
+    total = sum(exp.steps_per_stage)
+    ckpt_args = dict(
+        every=config.checkpoint.every or max(total, 1), keep=config.checkpoint.keep,
+        fingerprint=fingerprint, config=config_dict,
+    )  # fmt: skip
+    prior = finished_results(workdir, fingerprint, config_dict)
+    if prior is not None:
+        if jax.process_index() == 0:
+            print(
+                f"{workdir} already holds the finished run of this config (step "
+                f"{prior.get('steps')}): results in {workdir / RESULTS_FILE}. Nothing was run "
+                "or changed; use another --workdir to run it again.",
+                file=sys.stderr,
+            )
+        return {**prior, "already_finished": True}
+    Checkpointer.check_workdir(workdir, **ckpt_args)  # another experiment's: refused, untouched
+    fitted = _fit_head(exp)  # deterministic: a resumed run fits the same start again
+    hooks = RunHooks.create(exp, workdir)  # source task, regularizer, WiSE-FT; writes nothing
+    ckpt = Checkpointer(workdir, **ckpt_args)
+    start = ckpt.resume_step() or 0  # damaged newer checkpoints are moved aside, named
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
-    writer = MetricsWriter(workdir, resume_step=start if start else None)
-    train_cfg = config.train
-    batch_size = int(train_cfg.batch_size)
-    eval_bs = int(get(train_cfg, "eval_batch_size", batch_size))
-    log_every = int(get(train_cfg, "log_every", 10))
-    eval_every = int(get(train_cfg, "eval_every", 0) or 0)
+    writer = MetricsWriter(workdir, resume_step=start if start else None, final_step=total)
+    best = None
+    if config.train.select_best is not None:
+        best = BestModel(workdir, config.train.select_best, config.train.early_stopping)
+    state, step, stopped = _train(exp, hooks, ckpt, writer, best, start, total)
+    if stopped == "preempted":
+        writer.close()
+        ckpt.close()
+        return {"stopped_at": step, "preempted": True}
+    data, task, mesh, forward = exp.data, exp.task, exp.mesh, exp.forward
+    eval_bs = config.train.eval_batch
+    selected: dict[str, Any] = {}
+    if best is not None:
+        params, model_state, meta = best.load()
+        model.params = jax.tree.map(np.asarray, params)
+        model.model_state = model_state or model.model_state
+        selected = {"val": meta["val"], "selected_step": meta["step"]}
+    elif data.val is not None:
+        selected = {"val": _validate(exp, model.params, model.model_state)}
+    if config.train.refit:
+        writer.close()
+        ckpt.close()
+        return _refit(exp, workdir, selected, fingerprint)
+    final = evaluate(task, forward, model.params, model.model_state, data.eval, eval_bs, mesh,
+                     data.num_labels)  # fmt: skip
+    writer.write(step, "eval", final)
+    extra = hooks.finish(step, writer)
+    writer.close()
+    ckpt.close()
+    count, total_params = trainable_count(exp), partition.count(model.params)
+    results = {
+        "eval": final,
+        **selected,
+        "steps": step,
+        "stopped_early": stopped == "early",
+        "trainable_params": count,
+        "total_params": total_params,
+        "trainable_pct": 100.0 * count / max(total_params, 1),
+        "method": config.method.name,
+        "seed": exp.seed,
+        **({"head_fit": fitted} if fitted else {}),
+        **extra,
+        "fingerprint": fingerprint,
+    }
+    if jax.process_index() == 0:
+        _export(config, model, workdir)
+        plot_learning_curves(workdir / "metrics.jsonl", workdir / "learning_curves.png")
+        write_results(workdir, results)  # last: its presence marks the run finished
+    return results
 
+
+def refit_config(exp: Experiment, selected_step: int) -> dict:
+    """The config of the refit: the same run on the training and validation examples together,
+    for as many epochs as the selected step had seen, without validation."""
+    config = exp.config
+    n_train = exp.data.train.num_examples
+    n_all = n_train + exp.data.val.num_examples
+    batch = config.train.batch_size
+    epochs = selected_step / steps_per_epoch(n_train, batch)
+    steps = math.ceil(epochs * steps_per_epoch(n_all, batch)) if selected_step else 0
+    if config.method.head_init != "probe":  # only a fitted head stands without training
+        steps = max(steps, 1)
+    refit = config.to_dict()
+    refit["data"]["val_fraction"] = 0.0
+    refit["train"].update(steps=steps, epochs=0.0, select_best=None, early_stopping=0,
+                          eval_every=0, refit=False)  # fmt: skip
+    return refit
+
+
+def _refit(exp: Experiment, workdir: Path, selected: dict, fingerprint: dict) -> dict:
+    """Train again on train + validation for the selected epochs (``<workdir>/refit``) and
+    report that model, with the selection that chose it."""
+    step = selected["selected_step"]
+    refit = run(refit_config(exp, step), workdir / "refit")
+    results = {
+        **{k: v for k, v in refit.items() if k not in ("fingerprint", "already_finished")},
+        **selected,
+        "refit": {"steps": refit["steps"], "examples": exp.data.train.num_examples
+                  + exp.data.val.num_examples, "selected_epochs": step / steps_per_epoch(
+                      exp.data.train.num_examples, exp.config.train.batch_size)},
+        "fingerprint": fingerprint,
+    }  # fmt: skip
+    if jax.process_index() == 0:
+        write_results(workdir, results)
+    return results
+
+
+def _fit_head(exp: Experiment) -> dict | None:
+    """The head fitted on the frozen model's features, where the method asks for it."""
+    from adapt.harness import probing
+
+    method = exp.config.method
+    if method.name == "logistic_regression":
+        return probing.fit_head(exp, "sklearn")
+    if method.name == "linear_probe" or method.head_init == "probe":
+        return probing.fit_head(exp, "lbfgs")
+    return None
+
+
+def _validate(exp: Experiment, params: Any, model_state: Any) -> dict:
+    """Metrics of the periodic evaluation: the validation split if there is one, else eval."""
+    data = exp.data.val if exp.data.val is not None else exp.data.eval
+    return evaluate(
+        exp.task, exp.forward, params, model_state, data, exp.config.train.eval_batch, exp.mesh,
+        exp.data.num_labels,
+    )  # fmt: skip
+
+
+def _train(
+    exp: Experiment,
+    hooks: RunHooks,
+    ckpt: Checkpointer,
+    writer: MetricsWriter,
+    best: BestModel | None,
+    start: int,
+    total: int,
+) -> tuple[Any, int, str | None]:
+    """The training steps from ``start`` to ``total`` (or an early stop); ``(state, step,
+    stopped)`` with ``stopped`` None, "early" or "preempted"."""
+    config, model, data = exp.config, exp.model, exp.data
+    stages, steps_per_stage = exp.stages, exp.steps_per_stage
+    train_cfg = config.train
+    split = "val" if data.val is not None else "eval"
+    batch_size, log_every, eval_every = (
+        train_cfg.batch_size,
+        train_cfg.log_every,
+        train_cfg.eval_every,
+    )
     batches = train_batches(
         data.train,
         batch_size,
-        seed,
+        exp.seed,
         start_step=start,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        length_grouping=int(get(train_cfg, "length_grouping", 0) or 0),
-    )
-    total = sum(steps_per_stage)
-    progress = ProgressBar(total, initial=start, enabled=get(train_cfg, "progress", None))
+        length_grouping=train_cfg.length_grouping,
+    ) if total else iter(())  # fmt: skip
+    progress = ProgressBar(total, initial=start, enabled=train_cfg.progress)
     preempt = PreemptionFlag().install()
-    t_start, step, trainable_count = time.perf_counter(), start, 0
-    stage_start = 0
-    stopped_early = False
+    t_start, step, stage_start, stopped, state = time.perf_counter(), start, 0, None, None
     try:
         for stage_index, (rules, n_steps) in enumerate(zip(stages, steps_per_stage, strict=True)):
             stage_end = stage_start + n_steps
-            if stage_end <= start:
+            if stage_end <= start and total:
                 if n_steps and stage_end == start:  # resumed at its end: the next one's start
-                    model.params, model.model_state = _restore_stage(exp, rules, ckpt, start)
+                    model.params, model.model_state, meta = _restore_stage(exp, rules, ckpt, start)
+                    if best is not None:
+                        best.restore_record(meta.get("best"))
+                        stopped = "early" if best.should_stop() else None
                 stage_start = stage_end
+                if stopped:
+                    break
                 continue
             trainer, trainable, frozen, frozen_full = stage_trainer(exp, rules)
             trainer = hooks.start_stage(trainer, trainable, stage_index, step, stage_start, writer)
-            trainable_count = partition.count(trainable)
             if start > stage_start:
                 abstract = trainer.abstract_state(
-                    trainable, model.model_state, jax.random.key_data(rng_train)
+                    trainable, model.model_state, jax.random.key_data(exp.rng_train)
                 )
-                state, _ = ckpt.restore(abstract, step=start)
+                state, meta = ckpt.restore(abstract, step=start)
+                if best is not None:
+                    best.restore_record(meta.get("best"))
             else:
                 state = trainer.init_state(
                     jax.tree.map(jnp.copy, trainable),
                     model.model_state,
-                    jax.random.key_data(rng_train),
+                    jax.random.key_data(exp.rng_train),
                 )
+            if best is not None and step == 0 and stage_index == 0:  # the start is a candidate
+                params = partition.merge(state["trainable"], frozen)
+                metrics = _validate(exp, params, state["model_state"])
+                writer.write(0, split, metrics)
+                best.update(0, metrics, params, state["model_state"])
+            if not total:  # a head fitted on cached features: its checkpoint, no steps
+                ckpt.save(0, state, {"data_position": 0, "stage": 0}, force=True)
+            if best is not None and best.should_stop():  # resumed after its early stop
+                stopped = "early"
             window: list[Any] = []
-            while step < stage_end:
+            while step < stage_end and not stopped:
                 batch = next(batches)
                 state, metrics = trainer.step(state, frozen, batch)
-                check_finite(metrics, step + 1)
+                if not bool(np.asarray(metrics["finite"])):
+                    _stop_non_finite(metrics, step + 1, ckpt)
                 step += 1
                 window.append(metrics)
                 progress.update(step, loss=metrics["loss"], examples=batch_size)
@@ -241,92 +525,77 @@ def run(config: Any, workdir: str | Path) -> dict:
                     )
                     writer.write(step, "train", logged)
                     window, t_start = [], time.perf_counter()
-                params = None
-                if eval_every and step % eval_every == 0 and step != total:
+                due = eval_every and step % eval_every == 0
+                if due and (step != total or best is not None):
                     params = partition.merge(state["trainable"], frozen)
-                    writer.write(
-                        step,
-                        "eval",
-                        evaluate(
-                            task,
-                            forward,
-                            params,
-                            state["model_state"],
-                            data.eval,
-                            eval_bs,
-                            mesh,
-                            data.num_labels,
-                        ),
-                    )
+                    metrics = _validate(exp, params, state["model_state"])
+                    writer.write(step, split, metrics)
+                    if best is not None:
+                        best.update(step, metrics, params, state["model_state"])
+                        if best.should_stop():
+                            stopped = "early"
                 hooks.after_step(step, total, state, frozen, writer)
-                stop = preempt.should_stop()
-                ckpt.save(
-                    step,
-                    state,
-                    {"data_position": step, "stage": stage_index},
-                    force=stop or step == total,
-                )
-                if stop:
-                    stopped_early = True
+                preempted = preempt.should_stop()
+                meta = {"data_position": step, "stage": stage_index}
+                if best is not None:
+                    meta["best"] = best.record()
+                last = step == total or stopped == "early"
+                ckpt.save(step, state, meta, force=preempted or last)
+                if preempted:
+                    stopped = "preempted"
+                if stopped:
                     break
             model.params = partition.merge(_to_host(state["trainable"]), frozen_full)
             model.model_state = state["model_state"]
             stage_start = stage_end
-            if stopped_early:
+            if stopped:
                 break
     finally:
         preempt.uninstall()
         progress.close()
         ckpt.wait()
-    if stopped_early:
-        writer.close()
-        ckpt.close()
-        return {"stopped_at": step, "preempted": True}
-    final = evaluate(
-        task, forward, model.params, model.model_state, data.eval, eval_bs, mesh, data.num_labels
+    return state, step, stopped
+
+
+def _stop_non_finite(metrics: dict, step: int, ckpt: Checkpointer) -> None:
+    ckpt.wait()
+    last = ckpt.latest_step()
+    kept = f"the newest checkpoint is step {last}" if last else "no checkpoint was written yet"
+    raise NonFiniteLossError(
+        f"the loss, gradients or updated weights became non-finite at step {step} "
+        f"(loss={float(np.asarray(metrics['loss']))}); that update was discarded and {kept}. "
+        "Lower the learning rate, add gradient clipping (optim clip_norm), or check the data."
     )
-    writer.write(step, "eval", final)
-    extra = hooks.finish(step, writer)
-    writer.close()
-    ckpt.close()
-    results = {
-        "eval": final,
-        "steps": step,
-        "trainable_params": trainable_count,
-        "total_params": partition.count(model.params),
-        "trainable_pct": 100.0 * trainable_count / max(partition.count(model.params), 1),
-        "method": get(config.get("method"), "name", "full"),
-        "seed": seed,
-        **extra,
-    }
-    if jax.process_index() == 0:
-        write_results(workdir, results)
-        plot_learning_curves(workdir / "metrics.jsonl", workdir / "learning_curves.png")
-        _export(config, model, workdir)
-    return results
 
 
 def evaluate_workdir(workdir: str | Path, data_overrides: Mapping[str, Any] | None = None) -> dict:
     """Evaluate the newest checkpoint of a run on its eval set, or on another split/source of
     the same label set (``data_overrides``, e.g. ``{"eval_split": "test"}``)."""
-    import ml_collections
-
     workdir = Path(workdir)
-    if not (workdir / "config.json").exists():
-        raise FileNotFoundError(f"{workdir} has no config.json; is it a run's workdir?")
-    original = json.loads((workdir / "config.json").read_text())
-    config = ml_collections.ConfigDict(original)
+    saved = workdir / "config.json"
+    if not saved.exists():
+        raise ConfigError(f"{workdir} has no config.json; is it a run's workdir?")
+    try:
+        original = json.loads(saved.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{saved} is damaged ({e})") from None
+    stored = RunConfig.parse(original)
+    data = stored.data.to_dict()
     for key, value in (data_overrides or {}).items():
-        config.data[key] = value
-    exp = build(config)
+        if key not in data:
+            raise ConfigError(f"unknown data key {key!r}{suggest(key, list(data))}")
+        data[key] = value
+    exp = build({**stored.to_dict(), "data": data})
     fingerprint = {
-        "config": config_fingerprint(original),
+        "config": config_fingerprint(stored.to_dict()),
         "base": params_fingerprint(exp.model.base_params),
     }
-    ckpt = Checkpointer(workdir, every=1, keep=2, fingerprint=fingerprint, config=original)
+    ckpt = Checkpointer(
+        workdir, every=1, keep=2, fingerprint=fingerprint, config=stored.to_dict(), create=False
+    )
     step = ckpt.latest_step()
     if step is None:
-        raise FileNotFoundError(f"{workdir} holds no checkpoint to evaluate")
+        raise ConfigError(f"{workdir} holds no checkpoint to evaluate")
     bounds = np.cumsum(exp.steps_per_stage)
     stage = min(int(np.searchsorted(bounds, step, side="left")), len(exp.stages) - 1)
     trainer, trainable, frozen, frozen_full = stage_trainer(exp, exp.stages[stage])
@@ -336,28 +605,22 @@ def evaluate_workdir(workdir: str | Path, data_overrides: Mapping[str, Any] | No
     state, _ = ckpt.restore(abstract, step=step)
     ckpt.close()
     params = partition.merge(state["trainable"], frozen)
-    eval_bs = int(get(config.train, "eval_batch_size", config.train.batch_size))
     metrics = evaluate(
-        exp.task,
-        exp.forward,
-        params,
-        state["model_state"],
-        exp.data.eval,
-        eval_bs,
-        exp.mesh,
-        exp.data.num_labels,
-    )
+        exp.task, exp.forward, params, state["model_state"], exp.data.eval,
+        exp.config.train.eval_batch, exp.mesh, exp.data.num_labels,
+    )  # fmt: skip
     return {"step": step, "eval": metrics, "data": dict(data_overrides or {})}
 
 
 def _restore_stage(exp: Experiment, rules: Any, ckpt: Checkpointer, step: int) -> tuple:
-    """``(params, model_state)`` of a finished stage from its checkpoint at ``step``."""
+    """``(params, model_state, meta)`` of a finished stage from its checkpoint at ``step``."""
     trainer, trainable, _, frozen_full = stage_trainer(exp, rules)
     abstract = trainer.abstract_state(
         trainable, exp.model.model_state, jax.random.key_data(exp.rng_train)
     )
-    state, _ = ckpt.restore(abstract, step=step)
-    return partition.merge(_to_host(state["trainable"]), frozen_full), state["model_state"]
+    state, meta = ckpt.restore(abstract, step=step)
+    params = partition.merge(_to_host(state["trainable"]), frozen_full)
+    return params, state["model_state"], meta
 
 
 def _to_host(tree: Any) -> Any:
@@ -372,40 +635,19 @@ def _to_host(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
-def _export(config: Any, model: Model, workdir: Path) -> None:
-    export = config.get("export")
-    if not export or not (get(export, "hf") or get(export, "native")):
+def _export(config: RunConfig, model: Model, workdir: Path) -> None:
+    export = config.export
+    if not (export.hf or export.native):
         return
     from adapt.convert import hf, native
     from adapt.methods import merge_all
 
-    try:
-        params = merge_all(model.params, model.methods)
-    except NotImplementedError as e:
-        raise ConfigError(f"cannot export a full model: {e}; export the adapter instead") from e
-    if get(export, "hf"):
+    params = merge_all(model.params, model.methods)
+    if export.hf:
         hf.save_pretrained(
             params, model.config, workdir / "export_hf", architecture=model.architecture
         )
-    if get(export, "native"):
+    if export.native:
         native.save_native(
             params, model.config, workdir / "export_native", architecture=model.architecture
         )
-
-
-def load_config_file(path: str, arg: str | None = None) -> Mapping:
-    """Import ``get_config(arg)`` from a config file (used by tests and the sweep)."""
-    import importlib.util
-    import sys
-
-    resolved = Path(path).resolve()
-    for (
-        parent
-    ) in resolved.parents:  # configs import siblings as configs.<...>: put their root on the path
-        if parent.name == "configs" and str(parent.parent) not in sys.path:
-            sys.path.insert(0, str(parent.parent))
-            break
-    spec = importlib.util.spec_from_file_location("adapt_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg is not None else module.get_config()

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from adapt import partition, paths, weights
-from adapt.harness.config import ConfigError, get
+from adapt.harness.config import ConfigError, MethodSection, ModelSection
 from adapt.methods import METHODS, base, build, recipes
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, None: None}
@@ -29,7 +29,10 @@ HEADS = {  # default regex of each family's task head
     "resnet": r"(linear|fc)/.*",
     "llama": None,  # a causal LM keeps its pretrained output layer: no new head to train
 }
-RECIPES = ("full", "linear_probe", "bitfit", "partial", "gradual_unfreezing", "lp_ft", "scratch")
+RECIPES = ("full", "linear_probe", "logistic_regression", "bitfit", "partial",
+           "gradual_unfreezing", "lp_ft", "scratch")  # fmt: skip
+# Recipes that take no training step: the head is fitted on cached features (adapt.harness.probing)
+FIT_ONLY = ("linear_probe", "logistic_regression")
 
 
 @dataclass
@@ -50,40 +53,46 @@ def _dtype(name: str | None):
     return DTYPES[name]
 
 
-def load_model(cfg: Any, num_labels: int | None, rng: jax.Array) -> Model:
+def load_model(cfg: ModelSection | Any, num_labels: int | None, rng: jax.Array) -> Model:
     """The model named by ``cfg`` (a config's ``model`` section) with a head of ``num_labels``."""
-    kind = get(cfg, "kind", "hf")
-    init = get(cfg, "init", "pretrained")
+    cfg = ModelSection.parse_one(cfg, "model")
+    kind, init = cfg.kind, cfg.init
     if init not in ("pretrained", "scratch"):
         raise ConfigError(f"model.init must be 'pretrained' or 'scratch', got {init!r}")
-    overrides = dict(get(cfg, "config", None) or {})
-    dtype = _dtype(get(cfg, "dtype", "float32"))
+    overrides = dict(cfg.config)
+    dtype = _dtype(cfg.dtype)
     if dtype is not None:
         overrides["dtype"] = dtype
+    if cfg.pooling is not None:
+        overrides["pooling"] = cfg.pooling
     if kind == "hf":
         from adapt.convert import hf
 
-        path = weights.resolve(get(cfg, "path"))
-        architecture = get(cfg, "architecture")
+        path = weights.resolve(cfg.path)
+        architecture = cfg.architecture
         if num_labels is not None and (architecture or "").endswith("Classification"):
             overrides["num_labels"] = num_labels
-        module, params, config = hf.load_pretrained(
-            path, architecture=architecture, rng=rng, **overrides
+        module, params, config, architecture = load_checkpoint(
+            path, architecture, rng=rng, **overrides
         )
         family = hf.family_for(hf.read_config(path)["model_type"]).name
         model_state: dict = {}
     elif kind == "llama2c":
         from adapt.convert.llama2c import load_llama2c
 
-        module, params, config = load_llama2c(weights.resolve(get(cfg, "path")), **overrides)
+        if cfg.pooling is not None:
+            raise ConfigError("model.pooling applies to classifiers; a llama2.c model has none")
+        module, params, config = load_llama2c(weights.resolve(cfg.path), **overrides)
         family, architecture, model_state = "llama", "LlamaForCausalLM", {}
     elif kind == "resnet_cifar":
         from adapt.convert.resnet_cifar import load_resnet20_cifar10
 
+        if cfg.pooling is not None:
+            raise ConfigError("model.pooling: the ResNet pools globally (average) by design")
         if num_labels is not None:
             overrides["num_classes"] = num_labels
         module, variables, config = load_resnet20_cifar10(
-            weights.resolve(get(cfg, "path")), rng=rng, **overrides
+            weights.resolve(cfg.path), rng=rng, **overrides
         )
         params = variables["params"]
         model_state = {"batch_stats": variables["batch_stats"]}
@@ -93,7 +102,10 @@ def load_model(cfg: Any, num_labels: int | None, rng: jax.Array) -> Model:
 
         if num_labels is not None:
             overrides["num_labels"] = num_labels
-        config = ViTConfig(**overrides)
+        try:
+            config = ViTConfig(**overrides)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.config / model.pooling for kind 'vit': {e}") from None
         module = ViTForImageClassification(config)
         params, model_state = {}, {}
         family, architecture, init = "vit", "ViTForImageClassification", "scratch"
@@ -104,10 +116,28 @@ def load_model(cfg: Any, num_labels: int | None, rng: jax.Array) -> Model:
         variables = jax.jit(lambda r: module.init(r, *dummy_inputs(model)))(rng)
         model.params = variables["params"]
         model.model_state = {k: v for k, v in variables.items() if k != "params"}
-    elif get(cfg, "new_head", False):
-        _reinitialise_head(model, get(cfg, "head", None) or HEADS[family], rng)
+    elif cfg.new_head:
+        _reinitialise_head(model, cfg.head or HEADS[family], rng)
     model.base_params = model.params
     return model
+
+
+def load_checkpoint(
+    path: Any, architecture: str | None, *, rng: jax.Array | None = None, **overrides: Any
+) -> tuple[Any, dict, Any, str | None]:
+    """``(module, params, config, architecture)`` from a Hugging Face directory or an adapt
+    native one (which keeps what config.json cannot say, such as a classifier's pooling)."""
+    from adapt.convert import hf, native
+
+    if native.is_native(path):
+        module, params, config = native.load_native(
+            path, architecture=architecture, rng=rng, **overrides
+        )
+        return module, params, config, architecture or native.architecture_of(path)
+    module, params, config = hf.load_pretrained(
+        path, architecture=architecture, rng=rng, **overrides
+    )
+    return module, params, config, architecture
 
 
 def _reinitialise_head(model: Model, pattern: str | None, rng: jax.Array) -> None:
@@ -176,10 +206,13 @@ def forward_fn(model: Model, train_batch_stats: bool = True) -> Callable:
     return forward
 
 
-def attach_methods(model: Model, method_cfg: Any, rng: jax.Array) -> list[partition.Rules]:
+def attach_methods(
+    model: Model, method_cfg: MethodSection | Any, rng: jax.Array
+) -> list[partition.Rules]:
     """Create method parameters (added to ``model.params``) and return the partition stages."""
-    name = get(method_cfg, "name", "full")
-    options = dict(get(method_cfg, "options", None) or {})
+    method_cfg = MethodSection.parse_one(method_cfg, "method")
+    name = method_cfg.name
+    options = dict(method_cfg.options)
     if name in METHODS:
         method = build(name, model.family, **options)
         if hasattr(method, "prepare"):  # QLoRA: the frozen base is quantised before attaching
@@ -199,25 +232,26 @@ def attach_methods(model: Model, method_cfg: Any, rng: jax.Array) -> list[partit
     return stages_for(model, method_cfg)
 
 
-def head_pattern(model: Model, method_cfg: Any) -> str | None:
+def head_pattern(model: Model, method_cfg: MethodSection | Any) -> str | None:
     """Regex of the task head's leaves (``method.head`` or the family default); None: no head."""
-    return get(method_cfg, "head", None) or HEADS[model.family]
+    return MethodSection.parse_one(method_cfg, "method").head or HEADS[model.family]
 
 
-def stages_for(model: Model, method_cfg: Any) -> list[partition.Rules]:
-    name = get(method_cfg, "name", "full")
+def stages_for(model: Model, method_cfg: MethodSection | Any) -> list[partition.Rules]:
+    method_cfg = MethodSection.parse_one(method_cfg, "method")
+    name = method_cfg.name
     head = head_pattern(model, method_cfg)
     names = list(paths.flatten(model.params))
     if model.methods:
         stages = [[(head, "head"), *base.rules_for(model.methods), (".*", None)]]
     elif name in ("full", "scratch"):
         stages = [recipes.full_finetune(head)]
-    elif name == "linear_probe":
+    elif name in FIT_ONLY:
         stages = [recipes.linear_probe(head)]
     elif name == "bitfit":
         stages = [recipes.bitfit(head)]
     elif name == "partial":
-        trainable = get(method_cfg, "trainable")
+        trainable = method_cfg.trainable
         if not trainable:
             raise ConfigError("method 'partial' needs method.trainable, a regex of leaves to train")
         stages = [recipes.partial_finetune(head, trainable)]
@@ -229,8 +263,8 @@ def stages_for(model: Model, method_cfg: Any) -> list[partition.Rules]:
         raise ConfigError(f"unknown method {name!r}")
     if head is None:  # no head: drop the head rules the recipes put first
         stages = [[(p, lab) for p, lab in rules if p is not None] for rules in stages]
-        if name == "linear_probe":
-            raise ConfigError(f"a linear probe needs a head; {model.family} models have none here")
+        if name in FIT_ONLY or method_cfg.head_init == "probe":
+            raise ConfigError(f"{name} needs a head to fit; {model.family} models have none here")
     return stages
 
 

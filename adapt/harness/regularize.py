@@ -36,6 +36,7 @@ does not).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,7 @@ import numpy as np
 
 from adapt import partition, paths
 from adapt.data import eval_batches, select
-from adapt.harness.config import ConfigError, get
+from adapt.harness.config import ConfigError, RunConfig
 from adapt.harness.data_setup import load_split
 from adapt.harness.model_setup import Model, head_pattern
 from adapt.harness.source_task import data_section
@@ -58,36 +59,40 @@ KEY = "__regularizer__"  # top-level key of the anchor/Fisher inside the step's 
 EWC_ONLY = ("fisher_examples", "fisher_data", "fisher_batch_size")
 
 
-def check(config: Any) -> None:
+def check(config: RunConfig) -> None:
     """Static checks of ``config.regularizer`` (before anything is loaded or written)."""
-    section = config.get("regularizer")
+    section = config.regularizer
     if section is None:
         return
     problems = []
-    kind = get(section, "kind")
+    kind = section.kind
     if kind not in KINDS:
         problems.append(f"regularizer.kind {kind!r} is not one of {list(KINDS)}")
-    strength = get(section, "strength")
-    if isinstance(strength, bool) or not isinstance(strength, int | float) or not strength >= 0:
-        problems.append(f"regularizer.strength must be a number >= 0, got {strength!r}")
+    strength = section.strength
+    if (
+        isinstance(strength, bool)
+        or not isinstance(strength, int | float)
+        or not math.isfinite(strength)
+        or not strength >= 0
+    ):
+        problems.append(f"regularizer.strength must be a finite number >= 0, got {strength!r}")
     if kind == "l2sp":
-        given = [k for k in EWC_ONLY if get(section, k) is not None]
+        defaults = type(section)()
+        given = [k for k in EWC_ONLY if getattr(section, k) != getattr(defaults, k)]
         if given:
             problems.append(f"regularizer {given} only apply to kind 'ewc'")
     if kind == "ewc":
-        for key, default in (("fisher_examples", 256), ("fisher_batch_size", 8)):
-            n = get(section, key, default)
+        for key in ("fisher_examples", "fisher_batch_size"):
+            n = getattr(section, key)
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 problems.append(f"regularizer.{key} must be a positive integer, got {n!r}")
-        if config.get("source_task") is None:
+        if config.source_task is None:
             problems.append(
                 "regularizer kind 'ewc' needs a source task (config.source_task with the source "
                 "export's path and data): the Fisher is computed on the source task with its head"
             )
-        fisher_data = get(section, "fisher_data")
-        if fisher_data is not None and (
-            not hasattr(fisher_data, "get") or fisher_data.get("kind") not in ("text", "image")
-        ):
+        fisher_data = section.fisher_data
+        if fisher_data is not None and fisher_data.get("kind") not in ("text", "image"):
             problems.append("regularizer.fisher_data must be a text or image data section")
     if problems:
         raise ConfigError("regularizer problems:\n  " + "\n  ".join(problems))
@@ -109,10 +114,10 @@ class Regularizer:
         ``stages`` are the run's partitions: a regularizer that penalises no trainable leaf in
         any stage (e.g. L2-SP with LoRA, whose trainable leaves are all new) is an error.
         """
-        section = config.get("regularizer")
+        section = config.regularizer
         if section is None:
             return None
-        head = head_pattern(model, config.get("method"))
+        head = head_pattern(model, config.method)
         anchor = {
             p: v
             for p, v in paths.flatten(model.base_params).items()
@@ -122,18 +127,18 @@ class Regularizer:
         for rules in stages:
             flat_labels = paths.flatten(partition.label(model.params, rules))
             penalised |= {p for p, lab in flat_labels.items() if lab is not None and p in anchor}
-        kind = get(section, "kind")
+        kind = section.kind
         if not penalised:
             raise ConfigError(
                 f"regularizer {kind!r} penalises nothing: no trainable leaf of method "
-                f"{get(config.get('method'), 'name', 'full')!r} is a backbone leaf of the starting "
+                f"{config.method.name!r} is a backbone leaf of the starting "
                 "model (new heads and method parameters have no anchor)"
             )
         anchor = {p: v for p, v in anchor.items() if p in penalised}
         fisher = None
         if kind == "ewc":
             fisher = source_fisher(config, model, source, sorted(penalised), seed=seed)
-        return cls(kind, float(get(section, "strength")), anchor, fisher)
+        return cls(kind, float(section.strength), anchor, fisher)
 
     def penalty(self, params: dict, inputs: dict) -> jax.Array:
         """``strength/2 * sum [F *] (theta - anchor)^2`` over the leaves of ``inputs["anchor"]``."""
@@ -198,14 +203,13 @@ def source_fisher(
     """Diagonal empirical Fisher of the source task at the starting weights, for ``wanted``
     leaves: mean over examples of ``(d log p(y|x) / d theta)^2`` with the frozen source head."""
     section = config.regularizer
-    examples = int(get(section, "fisher_examples", 256))
-    batch_size = int(get(section, "fisher_batch_size", 8))
-    fisher_data = get(section, "fisher_data")
+    examples, batch_size = section.fisher_examples, section.fisher_batch_size
+    fisher_data = section.fisher_data
     if fisher_data is not None:
         data_cfg = data_section(config, fisher_data)
         data_cfg["max_examples"] = examples
         data_cfg.pop("examples_per_class", None)
-        data = load_split(data_cfg, "train", seed=seed, model_path=get(config.model, "path"))
+        data = load_split(data_cfg, "train", seed=seed, model_path=config.model.path)
         if data.label_names != source.data.label_names:
             raise ConfigError(
                 f"regularizer.fisher_data labels {data.label_names[:10]} differ from the source "

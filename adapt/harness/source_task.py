@@ -30,39 +30,41 @@ import jax
 import numpy as np
 
 from adapt import paths
-from adapt.harness.config import ConfigError, get, to_dict
+from adapt.harness.config import ConfigError, RunConfig, to_dict
 from adapt.harness.data_setup import load_split
 from adapt.harness.evaluation import evaluate
-from adapt.harness.model_setup import DTYPES, Model, forward_fn, head_pattern
+from adapt.harness.model_setup import DTYPES, Model, forward_fn, head_pattern, load_checkpoint
 
 SPLIT = "source"  # metrics.jsonl split of the source-task evaluations
 
 
-def check(config: Any) -> None:
+def check(config: RunConfig) -> None:
     """Static checks of ``config.source_task`` (before anything is loaded or written)."""
-    section = config.get("source_task")
+    section = config.source_task
     if section is None:
         return
     problems = []
-    path = get(section, "path")
+    path = section.path
     if not path:
         problems.append("source_task.path is required: the export_hf directory of the source run")
     elif not Path(path).is_dir():
-        problems.append(f"source_task.path {path!r} is not a directory (an export_hf folder)")
-    data = get(section, "data")
-    if not data or not hasattr(data, "get"):
+        problems.append(
+            f"source_task.path {path!r} is not a directory (an export_hf or export_native folder)"
+        )
+    data = section.data
+    if not data:
         problems.append("source_task.data is required: the data section of the source eval set")
     elif data.get("kind") not in ("text", "image"):
         problems.append(f"source_task.data.kind must be text or image, got {data.get('kind')!r}")
-    every = get(section, "eval_every", 0)
+    every = section.eval_every
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         problems.append(f"source_task.eval_every must be an integer >= 0, got {every!r}")
-    if get(config, "task", "classification") != "classification":
+    if config.task != "classification":
         problems.append("source_task needs task 'classification'")
-    if get(config.get("model"), "kind", "hf") != "hf":
+    if config.model.kind != "hf":
         problems.append("source_task needs model.kind 'hf' (the model loads the source export)")
     elif path and Path(path).is_dir():
-        model_path = get(config.get("model"), "path")
+        model_path = config.model.path
         if model_path is None or Path(model_path).resolve() != Path(path).resolve():
             problems.append(
                 f"model.path ({model_path!r}) must be source_task.path ({path!r}): the run starts "
@@ -72,11 +74,11 @@ def check(config: Any) -> None:
         raise ConfigError("source_task problems:\n  " + "\n  ".join(problems))
 
 
-def data_section(config: Any, data: Any) -> dict:
+def data_section(config: RunConfig, data: Any) -> dict:
     """A source-task data section as a dict; text without a ``tokenizer`` takes the run's
     (``data.tokenizer``): an export directory holds weights and config, no tokenizer.json."""
     out = to_dict(data)
-    target_tokenizer = get(config.get("data"), "tokenizer")
+    target_tokenizer = config.data.tokenizer
     if out.get("kind") == "text" and "tokenizer" not in out and target_tokenizer:
         out["tokenizer"] = target_tokenizer
     return out
@@ -97,16 +99,16 @@ class SourceTask:
 
     @classmethod
     def create(
-        cls, config: Any, model: Model, *, seed: int, batch_size: int, mesh: Any
+        cls, config: RunConfig, model: Model, *, seed: int, batch_size: int, mesh: Any
     ) -> SourceTask | None:
         """The source task of ``config`` for ``model`` (the run's model, methods attached), or
         None if the config has none."""
-        section = config.get("source_task")
+        section = config.source_task
         if section is None:
             return None
         from adapt.convert import hf
 
-        path = Path(get(section, "path"))
+        path = Path(section.path)
         exported = (hf.read_config(path).get("architectures") or [""])[0]
         if not exported.endswith("Classification"):
             raise ConfigError(
@@ -114,16 +116,16 @@ class SourceTask:
                 "source task needs the exported classifier (a *ForSequenceClassification or "
                 "*ForImageClassification export of the source run)"
             )
-        head_regex = head_pattern(model, config.get("method"))
+        head_regex = head_pattern(model, config.method)
         if head_regex is None:
             raise ConfigError(f"source_task needs a classification head; {model.family} has none")
-        overrides = dict(get(config.model, "config", None) or {})
-        dtype = DTYPES.get(get(config.model, "dtype", "float32"))
+        overrides = dict(config.model.config)
+        dtype = DTYPES.get(config.model.dtype)
         if dtype is not None:
             overrides["dtype"] = dtype
-        module, params, src_config = hf.load_pretrained(
-            path, architecture=model.architecture, **overrides
-        )
+        if config.model.pooling is not None:
+            overrides["pooling"] = config.model.pooling
+        module, params, src_config, _ = load_checkpoint(path, model.architecture, **overrides)
         head = {
             p: np.array(jax.device_get(v))
             for p, v in paths.flatten(params).items()
@@ -134,11 +136,11 @@ class SourceTask:
                 f"the export at {path} has no leaves matching the head {head_regex!r}"
             )
         num_labels = int(src_config.num_labels)
-        data_cfg = data_section(config, get(section, "data"))
-        label_names = get(section, "label_names")
+        data_cfg = data_section(config, section.data)
+        label_names = section.label_names
         if label_names is not None:
             data_cfg["label_names"] = list(label_names)
-        data = load_split(data_cfg, "eval", seed=seed, model_path=get(config.model, "path"))
+        data = load_split(data_cfg, "eval", seed=seed, model_path=config.model.path)
         if data.num_classes != num_labels:
             raise ConfigError(
                 f"the source eval set has {data.num_classes} classes ({data.label_names[:10]}) but "
@@ -152,10 +154,10 @@ class SourceTask:
         return cls(
             head=head,
             head_regex=head_regex,
-            forward=forward_fn(source_model, bool(get(config.model, "train_batch_stats", True))),
+            forward=forward_fn(source_model, config.model.train_batch_stats),
             data=data,
             num_labels=num_labels,
-            eval_every=int(get(section, "eval_every", 0) or 0),
+            eval_every=section.eval_every,
             batch_size=batch_size,
             mesh=mesh,
         )

@@ -34,19 +34,19 @@ import numpy as np
 
 from adapt import paths
 from adapt.convert.safetensors_io import SafetensorsReader, write_file
-from adapt.harness.config import ConfigError, get
+from adapt.harness.config import ConfigError, RunConfig
 from adapt.harness.evaluation import evaluate
 from adapt.methods.recipes import wise_ft
 
 THETA0_FILE = "wise_ft_theta0.safetensors"
 
 
-def check(config: Any) -> None:
+def check(config: RunConfig) -> None:
     """Static checks of ``config.wise_ft``."""
-    section = config.get("wise_ft")
+    section = config.wise_ft
     if section is None:
         return
-    alphas = get(section, "alphas")
+    alphas = section.alphas
     if not alphas or isinstance(alphas, str) or not hasattr(alphas, "__iter__"):
         raise ConfigError(f"wise_ft.alphas must be a non-empty list of numbers, got {alphas!r}")
     bad = [
@@ -75,11 +75,13 @@ class WiseCurve:
         self.theta_0: dict[str, np.ndarray] | None = None
 
     @classmethod
-    def create(cls, config: Any, workdir: Path, num_stages: int, initial: dict) -> WiseCurve | None:
-        section = config.get("wise_ft")
+    def create(
+        cls, config: RunConfig, workdir: Path, num_stages: int, initial: dict
+    ) -> WiseCurve | None:
+        section = config.wise_ft
         if section is None:
             return None
-        return cls(list(get(section, "alphas")), workdir, num_stages, initial)
+        return cls(list(section.alphas), workdir, num_stages, initial)
 
     def stage_start(self, stage_index: int, resumed: bool, params: dict) -> None:
         """Call when stage ``stage_index`` starts (``resumed``: from a checkpoint inside it) with

@@ -41,8 +41,46 @@ def _family_default(table: dict, family: str, what: str) -> str:
     return table[family]
 
 
+def option_names(name: str) -> list[str]:
+    """The keyword options ``build(name, ...)`` accepts (for error messages and docs)."""
+    import inspect
+
+    makers = {
+        "lora": [LoRA], "rslora": [LoRA], "dora": [LoRA], "qlora": [QLoRA, LoRA],
+        "ia3": [IA3, IA3.preset], "houlsby": [BottleneckAdapter, BottleneckAdapter.houlsby],
+        "pfeiffer": [BottleneckAdapter, BottleneckAdapter.pfeiffer], "prefix": [PrefixTuning],
+        "prompt": [PromptTuning], "ptuning_v2": [PTuningV2],
+    }  # fmt: skip
+    names: set[str] = set()
+    for maker in makers.get(name, []):
+        for param in inspect.signature(maker).parameters.values():
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                names.add(param.name)
+    names.discard("family")
+    return sorted(names | {"targets"} if name != "prefix" and name != "prompt" else names)
+
+
 def build(name: str, family: str, **options: Any) -> Method:
-    """A method by name, with family defaults for its targets."""
+    """A method by name, with family defaults for its targets. An option the method does not
+    take is a :class:`MethodError` naming the nearest one it does."""
+    try:
+        return _build(name, family, **options)
+    except TypeError as e:
+        import difflib
+        import re
+
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if not bad:
+            raise
+        known = option_names(name)
+        close = difflib.get_close_matches(bad.group(1), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise MethodError(
+            f"method {name!r} has no option {bad.group(1)!r}{hint}; its options: {', '.join(known)}"
+        ) from None
+
+
+def _build(name: str, family: str, **options: Any) -> Method:
     if name in ("lora", "rslora", "dora"):
         targets = options.pop("targets", None) or _family_default(
             LORA_TARGETS, family, "LoRA targets"
@@ -104,6 +142,7 @@ __all__ = [
     "VirtualTokenPromptTuning",
     "apply",
     "build",
+    "option_names",
     "init",
     "merge_all",
     "rules_for",

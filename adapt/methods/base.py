@@ -31,11 +31,12 @@ import flax.linen as nn
 import jax
 
 from adapt import paths
+from adapt.errors import AdaptError
 
 Rules = list[tuple[str, str | None]]
 
 
-class MethodError(ValueError):
+class MethodError(AdaptError, ValueError):
     """A method was configured in a way that cannot work on this model."""
 
 

@@ -28,6 +28,7 @@ from adapt.models.layers import activation, dot_product_attention
 
 Array = jax.Array
 Dtype = Any
+POOLINGS = ("pooler", "cls", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +59,32 @@ class BertConfig:
     id2label: tuple[str, ...] | None = None  # label names, index = class id (for export)
     classifier_dropout: float | None = None
     initializer_range: float = 0.02  # std of fresh weights (new task heads)
+    # How a sequence classifier reduces the tokens to one vector: "pooler" (BERT's tanh dense
+    # on [CLS], HF BertForSequenceClassification), "cls" (the [CLS] / <s> vector; RoBERTa's own
+    # head reads it), "mean" (masked mean, sentence-transformers models such as
+    # all-MiniLM-L6-v2). None: the architecture's own (pooler for BERT, cls for RoBERTa).
+    pooling: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self) -> None:
+        if self.pooling not in (None, *POOLINGS):
+            raise ValueError(f"pooling must be one of {POOLINGS} or None, got {self.pooling!r}")
+        if self.pooling == "pooler" and self.model_type == "roberta":
+            raise ValueError("RoBERTa classifiers have no pooler; use pooling 'cls' or 'mean'")
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def native_pooling(self) -> str:
+        """What Hugging Face's sequence classifier of this model type pools with."""
+        return "cls" if self.model_type == "roberta" else "pooler"
+
+    @property
+    def effective_pooling(self) -> str:
+        return self.pooling or self.native_pooling
 
     @property
     def head_dropout(self) -> float:
@@ -320,7 +341,8 @@ class BertModel(nn.Module):
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         hidden, attention_mask = self.extend_inputs(hidden, attention_mask)
         states = self.encoder(hidden, attention_mask, deterministic)
-        out: dict[str, Any] = {"last_hidden_state": states[-1]}
+        # the mask of the sequence the encoder saw (prompt methods may have lengthened it)
+        out: dict[str, Any] = {"last_hidden_state": states[-1], "attention_mask": attention_mask}
         if self.add_pooling_layer:
             out["pooler_output"] = self.pooler(states[-1])
         if output_hidden_states:
@@ -394,21 +416,39 @@ class RobertaClassificationHead(nn.Module):
         return _dense(cfg, cfg.num_labels, name="out_proj")(x)
 
 
+def pool(out: dict[str, Any], pooling: str) -> Array:
+    """One vector per sequence from a backbone's outputs: ``pooler`` output, ``cls`` (first
+    token) or ``mean`` (masked mean of the token vectors)."""
+    if pooling == "pooler":
+        return out["pooler_output"]
+    if pooling == "cls":
+        return out["last_hidden_state"][:, 0]
+    if pooling == "mean":
+        return mean_pool(out["last_hidden_state"], out["attention_mask"]).astype(
+            out["last_hidden_state"].dtype
+        )
+    raise ValueError(f"unknown pooling {pooling!r}; choose from {POOLINGS}")
+
+
 class BertForSequenceClassification(_TaskModel):
-    """BERT: pooler -> dropout -> ``classifier``; RoBERTa: ``classifier.dense/out_proj`` head."""
+    """The architecture's own head for its own pooling -- BERT: pooler -> dropout ->
+    ``classifier``; RoBERTa: ``classifier.dense/out_proj`` on <s> -- and otherwise (``pooling``
+    "cls" for BERT, "mean" for either) dropout -> a linear ``classifier`` on the pooled vector."""
 
     @nn.nowrap
     def has_pooler(self) -> bool:
-        return self.config.model_type == "bert"
+        return self.config.effective_pooling == "pooler"
 
     @nn.nowrap
     def head(self, backbone: BertModel, out: dict[str, Any], deterministic: bool) -> Array:
         cfg = self.config
-        if cfg.model_type == "roberta":
+        if cfg.model_type == "roberta" and cfg.effective_pooling == "cls":
             return RobertaClassificationHead(cfg, name="classifier")(
                 out["last_hidden_state"], deterministic
             )
-        pooled = Dropout(cfg.head_dropout)(out["pooler_output"], deterministic=deterministic)
+        pooled = Dropout(cfg.head_dropout)(
+            pool(out, cfg.effective_pooling), deterministic=deterministic
+        )
         return _dense(cfg, cfg.num_labels, name="classifier")(pooled)
 
 
@@ -489,5 +529,6 @@ __all__ = [
     "BertForTokenClassification",
     "BertModel",
     "mean_pool",
+    "pool",
     "position_ids_for",
 ]

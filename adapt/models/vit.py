@@ -34,6 +34,7 @@ from adapt.models.affine import Dense, LayerNorm
 from adapt.models.dropout import Dropout
 
 Array = jax.Array
+POOLINGS = ("cls", "gap")
 
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -62,10 +63,15 @@ class ViTConfig:
     initializer_range: float = 0.02
     num_labels: int = 2
     id2label: tuple[str, ...] = ()  # class names, kept for a faithful export; may be empty
+    # What the classifier reads: "cls" (the final-normed [CLS] token, as transformers) or "gap"
+    # (the mean of the final-normed patch tokens, as big_vision's ViTs); None: "cls".
+    pooling: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     def __post_init__(self):
+        if self.pooling not in (None, *POOLINGS):
+            raise ValueError(f"pooling must be one of {POOLINGS} or None, got {self.pooling!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not a multiple of "
@@ -346,7 +352,8 @@ class ViTModel(nn.Module):
 
 
 class ViTForImageClassification(nn.Module):
-    """``vit`` backbone (no pooler) + a linear ``classifier`` on the final-normed CLS token.
+    """``vit`` backbone (no pooler) + a linear ``classifier`` on the final-normed CLS token
+    (``pooling="gap"``: on the mean of the patch tokens; prompt tokens, if any, count too).
 
     Returns ``{"logits", "hidden_states"?}``."""
 
@@ -364,7 +371,9 @@ class ViTForImageClassification(nn.Module):
         out = ViTModel(cfg, add_pooling_layer=False, name="vit")(
             pixel_values, deterministic, output_hidden_states, interpolate_pos_encoding
         )
-        logits = _dense(cfg, cfg.num_labels, "classifier")(out["last_hidden_state"][:, 0])
+        hidden = out["last_hidden_state"]
+        pooled = hidden[:, 1:].mean(axis=1) if cfg.pooling == "gap" else hidden[:, 0]
+        logits = _dense(cfg, cfg.num_labels, "classifier")(pooled)
         result: dict[str, Any] = {"logits": logits}
         if output_hidden_states:
             result["hidden_states"] = out["hidden_states"]

@@ -15,12 +15,13 @@ from typing import Any
 
 from adapt import paths
 from adapt.convert import hf, mapping
+from adapt.errors import AdaptError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
 
-class AdapterFormatError(ValueError):
+class AdapterFormatError(AdaptError, ValueError):
     """A PEFT adapter that does not fit the model, or a method PEFT cannot represent."""
 
 

@@ -51,6 +51,7 @@ import numpy as np
 from flax import struct
 
 from adapt import paths
+from adapt.errors import AdaptError
 
 Array = jax.Array
 
@@ -89,7 +90,7 @@ PARTS = ("codes", "absmax", "absmax2", "offset", "shape")
 TAG = "_nf4_"
 
 
-class QuantizationError(ValueError):
+class QuantizationError(AdaptError, ValueError):
     """A tensor or parameter tree that cannot be NF4-quantised as asked."""
 
 

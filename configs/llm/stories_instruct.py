@@ -41,7 +41,7 @@ def get_config(arg=None):
         default=dict(
             lr=1e-3, weight_decay=0.0, schedule="warmup_cosine", warmup_steps=arg.steps // 10
         ),
-        groups={"lora": {"lr": 1e-3}, "backbone": {"lr": 2e-4}},
+        groups={"lora": {"lr": 1e-3}} if arg.method == "lora" else {"backbone": {"lr": 2e-4}},
     )
     c.train = dict(
         batch_size=8,

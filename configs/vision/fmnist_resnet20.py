@@ -6,8 +6,10 @@ r"""Fashion-MNIST with the CIFAR-10 ResNet-20 (akamaster, 91.8% on CIFAR-10) as 
 28x28 grey images are zero-padded to 32x32, replicated to 3 channels and normalised with the
 CIFAR-10 statistics the network was trained with; random crops and flips augment training.
 per_class labelled images per class from the vendored 600-per-class train slice; evaluated on the
-full 10,000-image test set. Methods: scratch (same architecture, random init), linear_probe,
-full, bitfit, partial (last stage + head). Arguments: method, per_class, steps, seed, smoke.
+full 10,000-image test set. Methods: scratch (same architecture, random init), linear_probe
+(a logistic regression fitted to convergence on the frozen network's pooled features, no
+steps), full, bitfit, partial (last stage + head). Arguments: method, per_class, steps, seed,
+smoke.
 """
 
 import ml_collections
@@ -86,4 +88,8 @@ def get_config(arg=None):
         c.checkpoint.every = 2
         c.data.examples_per_class = 4
         c.data.eval_max_examples = 64
+    if arg.method == "linear_probe":  # fitted to convergence on cached features: no steps
+        c.train.steps = 0
+        c.optim.default.warmup_steps = 0
+        c.checkpoint.every = 0
     return c

@@ -101,4 +101,8 @@ def get_config(arg=None):
         c.checkpoint.every = 2
         c.data.examples_per_class = 4
         c.data.eval_max_examples = 64
+    if arg.method == "linear_probe":  # fitted to convergence on cached features: no steps
+        c.train.steps = 0
+        c.optim.default.warmup_steps = 0
+        c.checkpoint.every = 0
     return c

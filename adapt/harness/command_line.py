@@ -1,0 +1,136 @@
+"""What every entry point (``experiments/*.py``) shares: config files with ``--config.*``
+overrides, and adapt's errors as one line and exit status 2.
+
+    python -m experiments.finetune --config=configs/glue/sst2_minilm.py:method=lora \\
+        --config.train.steps=200 --config.optim.groups.lora.lr=3e-4 --workdir=...
+
+``--config=path[:arg]`` names a file whose ``get_config(arg)`` returns the run's config;
+``--config.<key path>=<value>`` overrides any key of :class:`~adapt.harness.config.RunConfig`
+(every default is there, so a key the file does not mention can still be set). Both are
+checked before anything runs; a misspelt key names the nearest known one.
+
+:func:`main` runs an absl ``main`` so that an :class:`~adapt.errors.AdaptError` (a bad config,
+data file, checkpoint, adapter, Hugging Face config or flag) prints ``error: <one line>`` and
+exits with 2, without a traceback (``--verbose`` shows it); SIGTERM preemption exits with
+:data:`~adapt.errors.PREEMPTED_EXIT_CODE` (75). Anything else is a bug in adapt and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from adapt.errors import USAGE_EXIT_CODE, AdaptError, one_line
+from adapt.harness.config import ConfigError
+
+_OVERRIDES: list[tuple[str, str]] = []
+
+
+def split_overrides(argv: Sequence[str], flag: str = "config") -> tuple[list[str], list]:
+    """``(argv without --<flag>.<key>=<value> items, [(key, value), ...])``; the
+    ``--<flag>.<key> <value>`` form is accepted too."""
+    rest, overrides = [], []
+    prefix = f"--{flag}."
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item.startswith(prefix):
+            key, sep, value = item[len(prefix) :].partition("=")
+            if not sep:
+                if i + 1 >= len(items):
+                    raise ConfigError(f"{item} needs a value ({item}=<value>)")
+                value = items[i + 1]
+                i += 1
+            overrides.append((key, value))
+        else:
+            rest.append(item)
+        i += 1
+    return rest, overrides
+
+
+def overrides() -> list[tuple[str, str]]:
+    """The ``--config.*`` overrides of this process's command line."""
+    return list(_OVERRIDES)
+
+
+def load_config_file(path: str, arg: str | None = None) -> Any:
+    """``get_config(arg)`` of a config file; a missing file, a file without ``get_config`` or
+    a bad argument is a :class:`ConfigError`."""
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise ConfigError(f"config file not found: {path} (looked at {resolved})")
+    for parent in resolved.parents:  # configs import siblings as configs.<...>: their root
+        if parent.name == "configs" and str(parent.parent) not in sys.path:
+            sys.path.insert(0, str(parent.parent))
+            break
+    spec = importlib.util.spec_from_file_location(f"adapt_config_{resolved.stem}", resolved)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path} does not parse: {e}") from e
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config(arg)")
+    try:
+        return module.get_config(arg) if arg is not None else module.get_config()
+    except AdaptError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:  # a config's own argument checks
+        raise ConfigError(f"{path}:{arg or ''}: {e}") from e
+
+
+def config_from_flag(spec: str | None, extra: Sequence[tuple[str, str]] = ()) -> dict:
+    """The run config of ``--config=path[:arg]`` with the command line's ``--config.*``
+    overrides applied and every default filled in (a plain dict)."""
+    from adapt.harness.config import apply_overrides
+
+    if not spec:
+        raise ConfigError("--config is required: --config=<config file>[:<arguments>]")
+    path, _, arg = spec.partition(":")
+    raw = load_config_file(path, arg or None)
+    return apply_overrides(raw, [*_OVERRIDES, *extra])
+
+
+def main(run: Callable[[list[str]], Any], *, flag: str = "config") -> None:
+    """``absl.app.run(run)`` with ``--<flag>.*`` overrides collected first and adapt's errors
+    turned into one line and exit status 2."""
+    from absl import app, flags
+
+    if "verbose" not in flags.FLAGS:
+        flags.DEFINE_bool("verbose", False, "Show the traceback of adapt's own errors.")
+
+    def parser(argv: list[str]) -> list[str]:
+        try:
+            rest, found = split_overrides(argv, flag)
+        except ConfigError as e:
+            _fail(e, verbose=False)
+        _OVERRIDES[:] = found
+        try:
+            return flags.FLAGS(rest)
+        except flags.Error as e:
+            print(f"error: {one_line(e)} (see --help)", file=sys.stderr)
+            sys.exit(USAGE_EXIT_CODE)
+
+    def guarded(argv: list[str]) -> Any:
+        try:
+            return run(argv)
+        except AdaptError as e:
+            _fail(e, verbose=flags.FLAGS.verbose)
+
+    app.run(guarded, flags_parser=parser)
+
+
+def _fail(error: BaseException, *, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exception(error)
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    sys.exit(USAGE_EXIT_CODE)
+
+
+__all__ = ["config_from_flag", "load_config_file", "main", "overrides", "split_overrides"]

@@ -1,0 +1,1 @@
+"""Studies: grids of runs with model selection, tables and plots (``experiments.sweep``)."""

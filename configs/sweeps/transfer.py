@@ -1,0 +1,86 @@
+r"""Transfer with few and many labels: every adaptation method of all-MiniLM-L6-v2 against the
+baseline a reviewer runs first, on Banking77 and SST-2.
+
+  python -m experiments.sweep --config=configs/sweeps/transfer.py        # every method
+  python -m experiments.sweep --config=configs/sweeps/transfer.py:core   # the core rows
+
+Every run is configs/text/minilm.py (one process each), the same recipe for every method
+(mean pooling, the head started from a converged probe, epochs, validation carved from the
+labelled examples, early stopping; see that file). Rows: logistic_regression (scikit-learn's
+LogisticRegression, C=10, on the frozen model's mean-pooled features of the same labelled
+examples: the baseline), linear_probe (adapt's L-BFGS fit of the same), full fine-tuning, LoRA
+r=8 on query/value, Houlsby adapters, prefix tuning, IA3, BitFit, and scratch (the same
+architecture from random weights). Budgets: Banking77 10 labelled examples per intent and all
+10,003; SST-2 10 and 50 per class. 3 seeds (each seed draws its own labelled sample). The
+learning rate of each trainable method is chosen per budget from 0.3x, 1x and 3x the recipe's on
+the validation split of seed 0 (selection.csv); the other seeds run at the chosen one. Reported:
+mean +- std of accuracy and macro-F1 on the full held-out sets, the difference from the baseline
+at the same budget, the chosen learning-rate scale, trainable percentage and wall time. Writes
+results/transfer/ (summary.md/csv, runs.csv, selection.csv, plot.png). Resumable.
+
+``core`` is the part of the study that fits a 2-core CPU session (about 1.5 hours): the
+baseline, the linear probe, full fine-tuning and LoRA; Banking77 10 per intent (3 seeds) and all
+the data (seed 0), SST-2 10 and 50 per class (3 seeds); the same selection of the learning rate.
+It writes results/transfer_core/.
+
+Result and cost: see results/transfer*/summary.md and the README's Results section.
+``smoke`` runs the whole grid at a few steps on a few examples (wiring only).
+"""
+
+import ml_collections
+
+METHODS = ["logistic_regression", "linear_probe", "full", "lora", "houlsby", "prefix", "ia3",
+           "bitfit", "scratch"]  # fmt: skip
+SEEDS = [0, 1, 2]
+FIXED_RECIPES = ["logistic_regression", "linear_probe", "scratch"]  # no learning rate to choose
+
+
+CORE_METHODS = ["logistic_regression", "linear_probe", "full", "lora"]
+
+
+def get_config(arg=None):
+    if arg not in (None, "", "smoke", "core"):
+        raise ValueError(f"transfer.py takes no argument, 'core' or 'smoke', got {arg!r}")
+    smoke, core = arg == "smoke", arg == "core"
+    fixed = {"smoke": True} if smoke else {}
+    methods = CORE_METHODS if core else METHODS
+    c = ml_collections.ConfigDict()
+    c.name = "transfer" + ("_smoke" if smoke else "_core" if core else "")
+
+    def part(name, dataset, per_class, seeds):
+        return dict(
+            name=name,
+            base="configs/text/minilm.py",
+            grid={"per_class": per_class, "method": methods, "seed": seeds},
+            fixed={"dataset": dataset, **fixed},
+        )
+
+    if core:  # Banking77's all-data runs are the long ones: one seed
+        c.parts = [
+            part("banking77", "banking77", [10], SEEDS),
+            part("banking77_all", "banking77", [0], [0]),
+            part("sst2", "sst2", [10, 50], SEEDS),
+        ]
+    else:
+        c.parts = [
+            part("banking77", "banking77", [10, 0], SEEDS),
+            part("sst2", "sst2", [10, 50], SEEDS),
+        ]
+    c.select = dict(
+        by="val.accuracy",
+        grid={"lr_scale": [0.3, 1.0, 3.0]},
+        seeds=[0],
+        skip={"method": FIXED_RECIPES},
+    )
+    c.group_by = ["per_class", "method"]
+    c.metrics = ["accuracy", "macro_f1", "val.accuracy"]
+    c.baseline = {"method": "logistic_regression"}  # summary.md: accuracy minus the baseline's
+    c.plot = {
+        "x": "per_class",
+        "series": "method",
+        "y": "accuracy",
+        "x_order": [10, 50, 0],  # budgets left to right, the whole training set last
+        "x_labels": {"0": "all"},
+    }
+    c.parallel = 2
+    return c
