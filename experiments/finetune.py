@@ -1,6 +1,6 @@
 r"""Fine-tune / adapt a pretrained model as a config says.
 
-  python -m experiments.finetune --config=configs/glue/sst2_minilm.py:method=lora \
+  python -m experiments.finetune --config=configs/text/minilm.py:dataset=sst2,method=lora \
       --workdir=workdirs/sst2_lora [--config.train.steps=400] [--config.optim.groups.lora.lr=3e-4]
 
 Any key of the run config can be set with --config.<key path>=<value> (adapt/harness/config.py

@@ -1,7 +1,7 @@
 r"""Run a grid of experiments and summarise them (resumable: finished runs are skipped).
 
-  python -m experiments.sweep --config=configs/sweeps/transfer_vs_scratch.py \
-      [--workdirs=workdirs/sweeps] [--out=results/transfer_vs_scratch] [--config.parallel=1]
+  python -m experiments.sweep --config=configs/sweeps/transfer.py:core \
+      [--workdirs=workdirs/sweeps] [--out=results/transfer_core] [--config.parallel=1]
 
 Writes runs.csv (one row per run), summary.csv and summary.md (mean ± std over seeds) and
 plot.png (and selection.csv when the sweep chooses a value on validation data); see

@@ -1,7 +1,7 @@
 """What every entry point (``experiments/*.py``) shares: config files with ``--config.*``
 overrides, and adapt's errors as one line and exit status 2.
 
-    python -m experiments.finetune --config=configs/glue/sst2_minilm.py:method=lora \\
+    python -m experiments.finetune --config=configs/text/minilm.py:dataset=sst2,method=lora \\
         --config.train.steps=200 --config.optim.groups.lora.lr=3e-4 --workdir=...
 
 ``--config=path[:arg]`` names a file whose ``get_config(arg)`` returns the run's config;

@@ -30,7 +30,7 @@ group lets a large penalty set the norm: every gradient is scaled down with it, 
 gradient of weakly constrained leaves (small Fisher) vanishes, and those leaves coast on Adam's
 momentum, *farther* from the anchor than without the penalty (measured on the smoke run: EWC at
 1e12 with clipping 1.15x the unregularised distance of the encoder, without clipping 0.036x).
-Regularised runs should therefore not clip the penalised group (configs/glue/forgetting_minilm.py
+Regularised runs should therefore not clip the penalised group (configs/text/forgetting.py
 does not).
 """
 

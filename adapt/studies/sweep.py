@@ -4,7 +4,7 @@ data and summaries as CSV, markdown and plots (:mod:`adapt.studies.report`).
 A sweep config's ``get_config()`` returns a ConfigDict with
 - ``name``: the sweep's name (results go to ``results/<name>/`` unless ``--out`` says otherwise);
 - either one grid: ``base`` (the config file every run uses, e.g.
-  ``configs/text/few_labels.py``), ``grid`` (``{arg: [values]}``, the ``get_config`` arguments to
+  ``configs/text/minilm.py``), ``grid`` (``{arg: [values]}``, the ``get_config`` arguments to
   cross: ``method``, ``seed`` ...) and ``fixed`` (arguments shared by every run, optional);
 - or ``parts``: a list of such ``{name, base, grid, fixed}`` dicts, for one study over several
   datasets or models; each row then carries a ``part`` column;
