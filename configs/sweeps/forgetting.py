@@ -13,7 +13,8 @@ recipe's learning rates. Reported: SST-2 dev accuracy after the second task with
 (``source_eval.accuracy``), Banking77 test accuracy, and the curve of SST-2 accuracy during the
 second task (source_curve.csv / source_curve.png). Writes results/forgetting/.
 
-Result and cost: see results/forgetting/summary.md and the README's Results section.
+Result and cost: not yet measured with this recipe; results/forgetting/ holds the previous
+recipe's (b180e97: pooler head, fixed steps, untuned learning rates), quoted as such in the README.
 ``smoke=True`` runs everything at a few steps (wiring only).
 """
 

@@ -14,7 +14,8 @@ start of training (LP-FT: the probed model; fine-tuning: the pretrained encoder 
 head). Writes results/lp_ft_wise/: summary.md/csv, selection.csv, wise_ft.csv and wise_ft.png
 (accuracy over alpha, mean +- std over seeds).
 
-Result and cost: see results/lp_ft_wise/summary.md and the README's Results section.
+Result and cost: not yet measured with this recipe; results/lp_ft_wise/ holds the previous
+recipe's (b180e97: pooler head, fixed steps, untuned learning rates), quoted as such in the README.
 ``smoke`` runs the grid at a few steps.
 """
 

@@ -18,9 +18,10 @@ mean +- std of accuracy and macro-F1 on the full held-out sets, the difference f
 at the same budget, the chosen learning-rate scale, trainable percentage and wall time. Writes
 results/transfer/ (summary.md/csv, runs.csv, selection.csv, plot.png). Resumable.
 
-``core`` is the part of the study that fits a 2-core CPU session (about 1.5 hours): the
-baseline, the linear probe, full fine-tuning and LoRA; Banking77 10 per intent (3 seeds) and all
-the data (seed 0), SST-2 10 and 50 per class (3 seeds); the same selection of the learning rate.
+``core`` is the part of the study that fits a 2-core CPU session (56 runs, 2 hours measured while
+a test suite and the demo shared the cores): the baseline, the linear probe, full fine-tuning and
+LoRA; Banking77 10 per intent (3 seeds) and all the data (seed 0), SST-2 10 and 50 per class (3
+seeds); the same selection of the learning rate.
 It writes results/transfer_core/.
 
 Result and cost: see results/transfer*/summary.md and the README's Results section.

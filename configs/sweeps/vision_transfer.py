@@ -15,7 +15,8 @@ full fine-tuning vs LoRA; evaluated on the 5,000 test images of classes 5-9.
 Writes results/vision_transfer/ (summary.md, summary.csv, runs.csv, plot.png).
 Cost: about 25 min on the project's 2-core CPU (ResNet runs 40-130 s, ViT runs 11-23 s, two at a
 time; the ViT pretraining 128 s).
-Measured (2026-11-23), test accuracy at 10 / 100 per class. ResNet-20: scratch 0.650 / 0.753, full
+Measured (2026-11-23, b180e97, when the linear probe was 100 SGD steps; it is now a converged
+L-BFGS fit and this study has not been re-run since), test accuracy at 10 / 100 per class. ResNet-20: scratch 0.650 / 0.753, full
 fine-tuning 0.723 / 0.811, linear probe 0.473 / 0.529, BitFit 0.492 / 0.492. ViT: scratch
 0.614 / 0.667, full 0.737 / 0.814, LoRA 0.712 / 0.754, linear probe 0.610 / 0.652. Full fine-tuning
 beats scratch everywhere; the frozen CIFAR-10 features (and BatchNorm statistics) do not suit
