@@ -43,10 +43,13 @@ def head_module(model: Any, method_cfg: Any) -> str:
     return modules[0]
 
 
-def features(exp: Any, data: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(features (N, D), labels (N,))`` of every example of ``data`` under the run's model."""
+def features(
+    exp: Any, data: Any, batch_size: int, module: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(features (N, D), labels (N,))`` of every example of ``data`` under the run's model;
+    ``module`` is the head's path when the caller has it (else found by :func:`head_module`)."""
     model = exp.model
-    module = head_module(model, exp.config.method)
+    module = module or head_module(model, exp.config.method)
     forward = head_input(lambda p, s, b: exp.forward(p, s, b, False, None), module)
     params, state = model.params, model.model_state
     return extract_features(
@@ -59,7 +62,7 @@ def fit_head(exp: Any, solver: str) -> dict:
     returns what was fitted (for results.json)."""
     model, method = exp.model, exp.config.method
     module = head_module(model, method)
-    x, y = features(exp, exp.data.train, exp.config.train.eval_batch)
+    x, y = features(exp, exp.data.train, exp.config.train.eval_batch, module)
     num_classes = exp.data.num_labels
     if solver == "lbfgs":
         head = jax.tree.map(
