@@ -24,6 +24,13 @@ LoRA; Banking77 10 per intent (3 seeds) and all the data (seed 0), SST-2 10 and 
 seeds); the same selection of the learning rate.
 It writes results/transfer_core/.
 
+``banking77_all`` is Banking77 with all 10,003 training examples, 3 seeds: the baseline, the probe,
+full fine-tuning and LoRA (learning rate chosen on seed 0 as above; those seed-0 candidates are the
+transfer_core runs, copied into this study's workdir root, so they are not rerun), and Houlsby
+adapters, prefix tuning, IA3 and BitFit at the recipe's learning rate, untuned (their selection
+would triple the seed-0 cost, which did not fit the session). It writes
+results/transfer_banking77_all/.
+
 Result and cost: see results/transfer*/summary.md and the README's Results section.
 ``smoke`` runs the whole grid at a few steps on a few examples (wiring only).
 """
@@ -37,16 +44,19 @@ FIXED_RECIPES = ["logistic_regression", "linear_probe", "scratch"]  # no learnin
 
 
 CORE_METHODS = ["logistic_regression", "linear_probe", "full", "lora"]
+UNTUNED = ["houlsby", "prefix", "ia3", "bitfit"]  # banking77_all: the recipe's learning rate
 
 
 def get_config(arg=None):
-    if arg not in (None, "", "smoke", "core"):
-        raise ValueError(f"transfer.py takes no argument, 'core' or 'smoke', got {arg!r}")
-    smoke, core = arg == "smoke", arg == "core"
+    if arg not in (None, "", "smoke", "core", "banking77_all"):
+        raise ValueError(
+            f"transfer.py takes no argument, 'core', 'banking77_all' or 'smoke', got {arg!r}"
+        )
+    smoke, core, b77_all = arg == "smoke", arg == "core", arg == "banking77_all"
     fixed = {"smoke": True} if smoke else {}
-    methods = CORE_METHODS if core else METHODS
+    methods = CORE_METHODS if core else CORE_METHODS + UNTUNED if b77_all else METHODS
     c = ml_collections.ConfigDict()
-    c.name = "transfer" + ("_smoke" if smoke else "_core" if core else "")
+    c.name = "transfer" + ("_" + arg if arg else "")
 
     def part(name, dataset, per_class, seeds):
         return dict(
@@ -62,6 +72,8 @@ def get_config(arg=None):
             part("banking77_all", "banking77", [0], [0]),
             part("sst2", "sst2", [10, 50], SEEDS),
         ]
+    elif b77_all:
+        c.parts = [part("banking77_all", "banking77", [0], SEEDS)]
     else:
         c.parts = [
             part("banking77", "banking77", [10, 0], SEEDS),
@@ -71,7 +83,7 @@ def get_config(arg=None):
         by="val.accuracy",
         grid={"lr_scale": [0.3, 1.0, 3.0]},
         seeds=[0],
-        skip={"method": FIXED_RECIPES},
+        skip={"method": FIXED_RECIPES + (UNTUNED if b77_all else [])},
     )
     c.group_by = ["per_class", "method"]
     c.metrics = ["accuracy", "macro_f1", "val.accuracy"]
