@@ -177,9 +177,11 @@ class MetricsWriter:
 
 
 class ProgressBar:
-    """A tqdm bar: step/total, loss and examples/s. Off when stderr is not a TTY (logs, CI) or on
-    processes other than 0. ``update`` is cheap: the loss (possibly a device array) is only
-    fetched to host when the postfix is refreshed, at most every ``mininterval`` seconds."""
+    """Progress on stderr, process 0 only: a tqdm bar (step/total, loss, examples/s) on a
+    terminal; where stderr is a file or pipe (logs, CI, sweeps), a plain line every
+    ``1 / lines`` of the steps (step, share, loss, examples/s, elapsed and remaining time), so a
+    long run's log never goes quiet. ``enabled=True`` forces the bar, ``False`` silences both.
+    ``update`` is cheap: the loss (possibly a device array) is only fetched to host when shown."""
 
     def __init__(
         self,
@@ -189,12 +191,19 @@ class ProgressBar:
         desc: str = "train",
         enabled: bool | None = None,
         mininterval: float = 1.0,
+        lines: int = 20,
     ):
+        self._plain_every = 0
         if enabled is None:
             enabled = sys.stderr.isatty() and _is_primary()
+            if not enabled and _is_primary() and total > 0:
+                self._plain_every = max(total // lines, 1)
         self.enabled = enabled
         self.mininterval = mininterval
         self._bar = None
+        self._total, self._desc = total, desc
+        self._start, self._initial = time.perf_counter(), initial
+        self._examples = 0
         if not enabled:
             return
         from tqdm.auto import tqdm
@@ -213,6 +222,11 @@ class ProgressBar:
 
     def update(self, step: int, *, loss: Any = None, examples: int = 0) -> None:
         """The loop has finished ``step``; ``examples`` were processed since the last call."""
+        if self._plain_every:
+            self._examples += examples
+            if step % self._plain_every == 0 or step == self._total:
+                self._plain_line(step, loss)
+            return
         if self._bar is None:
             return
         self._bar.update(int(step) - self._bar.n)
@@ -227,6 +241,19 @@ class ProgressBar:
             self._bar.set_postfix(postfix, refresh=False)
             self._examples, self._last = 0, now
 
+    def _plain_line(self, step: int, loss: Any) -> None:
+        elapsed = time.perf_counter() - self._start
+        done = step - self._initial
+        left = elapsed / done * (self._total - step) if done > 0 else float("nan")
+        shown = f" loss {float(np.asarray(loss)):.4f}" if loss is not None else ""
+        print(
+            f"{self._desc} step {step}/{self._total} ({100 * step / self._total:.0f}%){shown}, "
+            f"{self._examples / max(elapsed, 1e-9):.1f} examples/s, elapsed "
+            f"{_duration(elapsed)}, left {_duration(left)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def write(self, message: str) -> None:
         """Print a line without breaking the bar."""
         if self._bar is not None:
@@ -238,6 +265,13 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
 def write_results(workdir: str | os.PathLike, results: Mapping[str, Any]) -> Path:
@@ -268,12 +302,16 @@ def _series(records: list[dict]) -> dict[str, dict[str, tuple[np.ndarray, np.nda
     }
 
 
-def _ema(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
-    out, acc = np.empty_like(values, dtype=np.float64), values[0]
-    for i, v in enumerate(values):
-        acc = weight * acc + (1 - weight) * v
-        out[i] = acc
-    return out
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """A centred moving average whose window shrinks symmetrically at the ends, so the curve
+    starts and ends on the logged values (an EMA lags: at the end of a rising curve it shows
+    an older, lower value than the run reached)."""
+    values = np.asarray(values, np.float64)
+    n, half = len(values), max(int(window) // 2, 0)
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    i = np.arange(n)
+    h = np.minimum(np.minimum(i, n - 1 - i), half)
+    return (sums[i + h + 1] - sums[i - h]) / (2 * h + 1)
 
 
 def plot_learning_curves(
@@ -281,7 +319,9 @@ def plot_learning_curves(
 ) -> Path:
     """One panel per metric (loss first), every split that logged it on the same axes.
 
-    Noisy train curves are drawn faint with an exponential moving average on top; perplexity
+    Noisy train curves are drawn faint with a centred moving average on top (:func:`smooth`:
+    it ends on the last logged value); every panel spans the whole run (step 0 to the last
+    step logged), so a metric evaluated once shows where in the run it was; perplexity
     spanning more than two decades gets a log axis. Returns ``out_png``.
     """
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
@@ -294,17 +334,23 @@ def plot_learning_curves(
     rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(4.8 * cols, 3.4 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
+    every_step = np.concatenate([s for by in series.values() for s, _ in by.values()])
+    first, last = min(0, int(every_step.min())), int(every_step.max())
+    pad = max((last - first) * 0.02, 0.5)
     for ax, name in zip(axes.flat, names, strict=False):
         for split, (steps, values) in sorted(series[name].items()):
             if split == "train" and len(values) >= 20:
                 (line,) = ax.plot(steps, values, alpha=0.3, linewidth=0.8)
-                ax.plot(steps, _ema(values), color=line.get_color(), label=f"{split} (EMA)")
+                window = max(len(values) // 25, 3)
+                ax.plot(steps, smooth(values, window), color=line.get_color(),
+                        label=f"{split} (mean of {window | 1})")  # fmt: skip
             else:
                 marker = "o" if len(values) <= 30 else None
                 ax.plot(steps, values, marker=marker, markersize=3, label=split)
         values = np.concatenate([v for _, v in series[name].values()])
         if name == "perplexity" and values.min() > 0 and values.max() / values.min() > 100:
             ax.set_yscale("log")
+        ax.set_xlim(first - pad, last + pad)
         ax.set_title(name.replace("_", " "))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

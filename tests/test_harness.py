@@ -63,9 +63,40 @@ def test_config_smoke_runs_end_to_end(tmp_path, path, arg):
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     if "accuracy" in results["eval"]:
         assert 0.0 <= results["eval"]["accuracy"] <= 1.0
+        _check_predictions(tmp_path, results)
     else:
         assert 1.0 < results["eval"]["perplexity"] < 512  # below uniform over the vocabulary
     assert results["eval"]["loss"] == pytest.approx(results["eval"]["loss"])  # not NaN
+
+
+def _check_predictions(workdir, results):
+    """labels.json names every class; predictions.jsonl has one line per eval example and
+    recomputes the reported accuracy."""
+    labels = json.loads((workdir / "labels.json").read_text())
+    assert len(labels) == results["data"]["classes"] and labels["0"]
+    rows = [json.loads(line) for line in (workdir / "predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(results["data"]["examples"]["eval"]))
+    assert {r["label"] for r in rows} <= set(labels.values())
+    assert all(r["correct"] == (r["label"] == r["prediction"]) for r in rows)
+    assert all(0 < r["probability"] <= 1 for r in rows)
+    accuracy = sum(r["correct"] for r in rows) / len(rows)
+    assert accuracy == pytest.approx(results["eval"]["accuracy"], abs=1e-9)
+
+
+def test_a_run_reports_its_data_and_warns_about_truncation(tmp_path, capfd, caplog):
+    config = _config("configs/text/minilm.py", "dataset=sst2,method=linear_probe,smoke")
+    config.data.max_length = 8  # most SST-2 dev sentences are longer than 6 word pieces
+    results = run(config, tmp_path)
+    err = capfd.readouterr().err
+    assert "data: train 48, eval 32 examples" in err
+    assert "data: 2 classes: 0=negative, 1=positive" in err
+    share = results["data"]["truncated"]["eval"]
+    assert share > 0.5 and f"{100 * share:.1f}% of the eval examples are cut" in err
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("eval examples are longer than data.max_length=8" in m for m in warned)
+    _check_predictions(tmp_path, results)
+    texts = [json.loads(line)["text"] for line in (tmp_path / "predictions.jsonl").open()]
+    assert len(set(texts)) > 1 and all(texts)
 
 
 @pytest.mark.slow

@@ -130,6 +130,51 @@ def test_progress_bar_is_cheap_and_shows_loss_and_throughput(capsys):
     assert "500/1000" in err and "loss=0.5000" in err and "ex/s=" in err
 
 
+def test_without_a_terminal_progress_is_a_plain_line_every_twentieth_of_the_run(capsys):
+    bar = ProgressBar(200, initial=0)  # pytest's stderr is not a TTY: plain lines
+    assert not bar.enabled
+    for step in range(1, 201):
+        bar.update(step, loss=np.float32(0.25), examples=8)
+    bar.close()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train")]
+    steps = [int(line.split()[2].split("/")[0]) for line in lines]
+    assert steps == list(range(10, 201, 10))  # at least every 5% of the steps, the last included
+    assert "200/200 (100%) loss 0.2500" in lines[-1] and "examples/s" in lines[-1]
+    assert "left 0m00s" in lines[-1]
+    ProgressBar(200, enabled=False).update(10, loss=0.1)
+    assert capsys.readouterr().err == ""  # progress=False: silent
+
+
+def test_smoothing_ends_on_the_logged_values():
+    rising = np.linspace(0.0, 1.0, 200) ** 0.5  # a curve that is still climbing at the end
+    smoothed = metrics_lib.smooth(rising, 9)
+    assert smoothed[0] == rising[0] and smoothed[-1] == rising[-1]
+    assert np.allclose(smoothed[50:150], np.convolve(rising, np.ones(9) / 9, "same")[50:150])
+    noisy = np.random.default_rng(0).normal(size=500)
+    assert metrics_lib.smooth(noisy, 25)[100:400].std() < 0.35 * noisy.std()
+
+
+def test_every_panel_spans_the_whole_run(tmp_path, monkeypatch):
+    with MetricsWriter(tmp_path, tensorboard=False) as w:
+        for step in range(10, 1001, 10):
+            w.write(step, "train", {"loss": 1.0 / step})
+        w.write(1000, "eval", {"accuracy": 0.9})  # evaluated once, at the end
+    limits = {}
+    from matplotlib.axes import Axes
+
+    original = Axes.set_title
+
+    def record(ax, title, *a, **k):
+        limits[title] = ax.get_xlim()
+        return original(ax, title, *a, **k)
+
+    monkeypatch.setattr(Axes, "set_title", record)
+    plot_learning_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    for title in ("loss", "accuracy"):
+        low, high = limits[title]
+        assert low <= 0 and 1000 <= high < 1050, (title, limits[title])
+
+
 # ------------------------------------------------------------------------------ results / plot
 def test_write_results_atomic(tmp_path):
     path = write_results(tmp_path, {"eval": {"accuracy": np.float32(0.875)}, "steps": np.int64(10)})

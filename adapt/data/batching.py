@@ -151,6 +151,14 @@ def num_eval_batches(num_examples: int, batch_size: int) -> int:
     return -(-num_examples // batch_size)
 
 
+def eval_order(data: Batchable) -> np.ndarray:
+    """The order :func:`eval_batches` visits the examples in: shortest first where lengths are
+    known (less padding), else as stored."""
+    lengths = data.lengths()
+    n = data.num_examples
+    return np.arange(n) if lengths is None else np.argsort(lengths, kind="stable")
+
+
 def eval_batches(
     data: Batchable, batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -160,8 +168,7 @@ def eval_batches(
     n = data.num_examples
     if n == 0:
         raise DataError("cannot evaluate on an empty data set")
-    lengths = data.lengths()
-    order = np.arange(n) if lengths is None else np.argsort(lengths, kind="stable")
+    order = eval_order(data)
     for start in range(0, n, batch_size):
         real = order[start : min(start + batch_size, n)]
         indices = np.concatenate([real, np.full(batch_size - len(real), real[0])])
@@ -176,6 +183,7 @@ __all__ = [
     "batch_indices",
     "epoch_order",
     "eval_batches",
+    "eval_order",
     "local_rows",
     "num_eval_batches",
     "steps_per_epoch",

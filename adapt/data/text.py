@@ -43,7 +43,8 @@ from adapt.data.tables import column, read_table
 @dataclasses.dataclass(frozen=True, eq=False)
 class TextClassificationData(ClassificationData):
     """Tokenised text: ``inputs`` has ragged ``input_ids`` / ``token_type_ids`` (lists of int32
-    arrays) and the stripped ``text``; the padding options travel with the data."""
+    arrays), the stripped ``text`` and ``truncated`` (a bool per example: cut at
+    ``max_length``); the padding options travel with the data."""
 
     pad_id: int = 0
     max_length: int = 128
@@ -194,6 +195,8 @@ def tokenize(
         encodings = tok.encode_batch(texts)
     inputs: dict[str, list] = dict(data.inputs)
     inputs["input_ids"] = [np.asarray(e.ids, np.int32) for e in encodings]
+    # cut at max_length (the run's data summary reports the share and warns when it is large)
+    inputs["truncated"] = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(texts))
     if token_type_ids:
         inputs["token_type_ids"] = [np.asarray(e.type_ids, np.int32) for e in encodings]
     return TextClassificationData(

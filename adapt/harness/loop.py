@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -27,9 +28,10 @@ from adapt import optim, partition, paths, sharding
 from adapt.checkpoint import Checkpointer, PreemptionFlag, WorkdirMismatchError
 from adapt.data import steps_per_epoch, train_batches
 from adapt.fingerprint import config_fingerprint, params_fingerprint
+from adapt.harness import run_report
 from adapt.harness.config import ConfigError, RunConfig, suggest
 from adapt.harness.data_setup import Data, load_data
-from adapt.harness.evaluation import evaluate
+from adapt.harness.evaluation import evaluate, predict
 from adapt.harness.hooks import RunHooks
 from adapt.harness.model_setup import FIT_ONLY, Model, attach_methods, forward_fn, load_model
 from adapt.harness.selection import BestModel
@@ -323,12 +325,16 @@ def run(config: Any, workdir: str | Path) -> dict:
             )
         return {**prior, "already_finished": True}
     Checkpointer.check_workdir(workdir, **ckpt_args)  # another experiment's: refused, untouched
+    data_summary = run_report.summarize(exp.data)
+    if jax.process_index() == 0:
+        run_report.announce(data_summary)
     fitted = _fit_head(exp)  # deterministic: a resumed run fits the same start again
     hooks = RunHooks.create(exp, workdir)  # source task, regularizer, WiSE-FT; writes nothing
     ckpt = Checkpointer(workdir, **ckpt_args)
     start = ckpt.resume_step() or 0  # damaged newer checkpoints are moved aside, named
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
+        run_report.write_labels(workdir, exp.data.label_names)
     writer = MetricsWriter(workdir, resume_step=start if start else None, final_step=total)
     best = None
     if config.train.select_best is not None:
@@ -355,6 +361,11 @@ def run(config: Any, workdir: str | Path) -> dict:
     final = evaluate(task, forward, model.params, model.model_state, data.eval, eval_bs, mesh,
                      data.num_labels)  # fmt: skip
     writer.write(step, "eval", final)
+    if task == "classification":
+        predicted, probability = predict(forward, model.params, model.model_state, data.eval,
+                                         eval_bs, mesh)  # fmt: skip
+        if jax.process_index() == 0:
+            run_report.write_predictions(workdir, data.eval, predicted, probability)
     extra = hooks.finish(step, writer)
     writer.close()
     ckpt.close()
@@ -369,6 +380,9 @@ def run(config: Any, workdir: str | Path) -> dict:
         "trainable_pct": 100.0 * count / max(total_params, 1),
         "method": config.method.name,
         "seed": exp.seed,
+        "data": {
+            k: v for k, v in data_summary.items() if k in ("examples", "classes", "truncated")
+        },
         **({"head_fit": fitted} if fitted else {}),
         **extra,
         "fingerprint": fingerprint,
@@ -403,6 +417,9 @@ def _refit(exp: Experiment, workdir: Path, selected: dict, fingerprint: dict) ->
     report that model, with the selection that chose it."""
     step = selected["selected_step"]
     refit = run(refit_config(exp, step), workdir / "refit")
+    predictions = workdir / "refit" / run_report.PREDICTIONS_FILE
+    if jax.process_index() == 0 and predictions.exists():  # the reported model's, where a
+        shutil.copyfile(predictions, workdir / run_report.PREDICTIONS_FILE)  # reader looks
     results = {
         **{k: v for k, v in refit.items() if k not in ("fingerprint", "already_finished")},
         **selected,
