@@ -80,7 +80,11 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[Any] | None = N
             f"mesh {dict(zip(names, sizes, strict=True))} needs {int(np.prod(sizes))} devices, "
             f"have {len(devices)}; use -1 for one axis to absorb the rest"
         )
-    return Mesh(np.asarray(devices).reshape(sizes), names)
+    try:  # jax's device order: rings that follow the interconnect on TPU and multi-GPU hosts
+        auto = (jax.sharding.AxisType.Auto,) * len(names)  # pjit semantics, as Mesh(...)
+        return jax.make_mesh(tuple(sizes), tuple(names), axis_types=auto, devices=devices)
+    except (ValueError, NotImplementedError):  # a subset jax cannot lay out: the given order
+        return Mesh(np.asarray(devices).reshape(sizes), names)
 
 
 def logical_axes(path: str, shape: Sequence[int]) -> tuple[str | None, ...]:

@@ -87,7 +87,7 @@ def _sklearn(x: np.ndarray, y: np.ndarray, num_classes: int, c: float) -> dict[s
     except ImportError as e:
         raise ConfigError(
             "method 'logistic_regression' runs scikit-learn; install it (pip install "
-            "scikit-learn, or the project's [test] extra)"
+            "scikit-learn, or the project's [studies] extra)"
         ) from e
     fitted = LogisticRegression(C=c, max_iter=1000).fit(x.astype(np.float64), y)
     kernel = np.zeros((x.shape[1], num_classes), np.float64)
