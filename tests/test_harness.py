@@ -99,6 +99,27 @@ def test_a_run_reports_its_data_and_warns_about_truncation(tmp_path, capfd, capl
     assert len(set(texts)) > 1 and all(texts)
 
 
+def test_a_hugging_face_export_carries_its_tokenizer(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
+    from adapt import weights
+
+    config = _config("configs/text/minilm.py", "dataset=sst2,method=bitfit,smoke")
+    config.model.pooling = "pooler"  # BertForSequenceClassification's own head: exportable
+    config.export = {"hf": True}
+    run(config, tmp_path)
+    export = tmp_path / "export_hf"
+    assert (export / "tokenizer.json").exists() and (export / "vocab.txt").exists()
+    text = "A gripping, if overlong, thriller."
+    expected = Tokenizer.from_file(str(weights.resolve("all-MiniLM-L6-v2") / "tokenizer.json"))
+    expected.no_padding()  # the shipped tokenizer.json pads to 128; compare the tokens
+    loaded = transformers.AutoTokenizer.from_pretrained(export)
+    assert loaded(text)["input_ids"] == expected.encode(text).ids
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(export)
+    assert model.config.num_labels == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method",

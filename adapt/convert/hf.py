@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,12 @@ def to_hf_state_dict(params: Mapping, config: Any, architecture: str, family: Fa
     )
 
 
+# What Hugging Face tokenizers are made of, across BERT WordPiece, BPE and SentencePiece models
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "tokenizer.model", "chat_template.jinja", "chat_template.json")  # fmt: skip
+
+
 def save_pretrained(
     params: Mapping,
     config: Any,
@@ -208,8 +215,11 @@ def save_pretrained(
     *,
     architecture: str,
     max_shard_bytes: int | None = None,
+    tokenizer_from: str | os.PathLike | None = None,
 ) -> Path:
-    """Write ``config.json`` + safetensors that ``transformers.AutoModel*.from_pretrained`` loads."""
+    """Write ``config.json`` + safetensors that ``transformers.AutoModel*.from_pretrained`` loads,
+    and the tokenizer files found in the folder ``tokenizer_from`` (the source checkpoint), so
+    ``AutoTokenizer.from_pretrained(directory)`` works too."""
     fam = family_of_architecture(architecture)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -217,10 +227,15 @@ def save_pretrained(
     save_safetensors(state, directory, max_shard_bytes=max_shard_bytes)
     hf_cfg = fam.config_to_hf(config, architecture)
     (directory / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))
+    if tokenizer_from is not None and Path(tokenizer_from).is_dir():
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_from) / name).is_file():
+                shutil.copyfile(Path(tokenizer_from) / name, directory / name)
     return directory
 
 
 __all__ = [
+    "TOKENIZER_FILES",
     "Family",
     "abstract_params",
     "as_dict",

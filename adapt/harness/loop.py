@@ -662,9 +662,30 @@ def _export(config: RunConfig, model: Model, workdir: Path) -> None:
     params = merge_all(model.params, model.methods)
     if export.hf:
         hf.save_pretrained(
-            params, model.config, workdir / "export_hf", architecture=model.architecture
-        )
+            params, model.config, workdir / "export_hf", architecture=model.architecture,
+            tokenizer_from=_tokenizer_folder(config),
+        )  # fmt: skip
     if export.native:
         native.save_native(
             params, model.config, workdir / "export_native", architecture=model.architecture
         )
+
+
+def _tokenizer_folder(config: RunConfig) -> Path | None:
+    """The folder of the run's Hugging Face tokenizer files (data.tokenizer's, else the model's),
+    which an HF export carries along; None for models without one (images, scratch)."""
+    from adapt import weights
+    from adapt.convert.hf import TOKENIZER_FILES
+    from adapt.errors import AdaptError
+
+    for given in (config.data.tokenizer, config.model.path):
+        if not given:
+            continue
+        try:
+            path = weights.resolve(given)
+        except AdaptError:
+            continue
+        folder = path if path.is_dir() else path.parent
+        if any((folder / name).is_file() for name in TOKENIZER_FILES):
+            return folder
+    return None
