@@ -44,6 +44,7 @@ NON_DEFINING_KEYS: tuple[str, ...] = (
     "log_every_steps",
     "eval_every",
     "eval_every_steps",
+    "eval_every_epochs",
     "checkpoint_every",
     "checkpoint_every_steps",
     "checkpoint_keep",

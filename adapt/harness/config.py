@@ -179,7 +179,9 @@ def _type_problem(value: Any, hint: Any) -> str | None:
 class ModelSection(Section):
     kind: str = "hf"  # hf | llama2c | resnet_cifar | vit (adapt's own ViT, from scratch)
     path: str | None = None  # local dir/file, PyPI-packaged or hub model name
-    architecture: str | None = None  # e.g. BertForSequenceClassification (default: the dir's)
+    # e.g. BertForSequenceClassification (default: the dir's); "classifier": the family's
+    # sequence or image classifier (configs/text/classify.py takes any checkpoint)
+    architecture: str | None = None
     init: str = "pretrained"  # pretrained | scratch (the same architecture, random init)
     dtype: str = "float32"  # compute dtype
     frozen_dtype: str | None = None  # storage dtype of frozen leaves (None: as loaded)
@@ -260,6 +262,7 @@ class TrainSection(Section):
     remat: str = "none"  # per-layer rematerialisation policy (adapt.remat.POLICIES)
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate at the end only
+    eval_every_epochs: float = 0.0  # or every this many epochs (steps known once data is read)
     eval_batch_size: int = 0  # 0: batch_size
     length_grouping: int = 0  # sort lengths within chunks of this many batches (0: off)
     progress: bool | None = None  # progress bar (None: when stderr is a terminal)

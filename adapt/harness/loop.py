@@ -97,6 +97,15 @@ def total_steps(config: RunConfig, data: Data) -> int:
     return config.train.steps
 
 
+def eval_interval(config: RunConfig, data: Data) -> int:
+    """Steps between evaluations: ``train.eval_every``, or ``train.eval_every_epochs`` in steps
+    of the training set (0: at the end only)."""
+    if config.train.eval_every_epochs:
+        per_epoch = steps_per_epoch(data.train.num_examples, config.train.batch_size)
+        return max(1, round(config.train.eval_every_epochs * per_epoch))
+    return config.train.eval_every
+
+
 def _stage_steps(config: RunConfig, num_stages: int, total: int) -> list[int]:
     given = config.method.stages
     if given:
@@ -408,7 +417,7 @@ def refit_config(exp: Experiment, selected_step: int) -> dict:
     refit = config.to_dict()
     refit["data"]["val_fraction"] = 0.0
     refit["train"].update(steps=steps, epochs=0.0, select_best=None, early_stopping=0,
-                          eval_every=0, refit=False)  # fmt: skip
+                          eval_every=0, eval_every_epochs=0.0, refit=False)  # fmt: skip
     return refit
 
 
@@ -469,11 +478,8 @@ def _train(
     stages, steps_per_stage = exp.stages, exp.steps_per_stage
     train_cfg = config.train
     split = "val" if data.val is not None else "eval"
-    batch_size, log_every, eval_every = (
-        train_cfg.batch_size,
-        train_cfg.log_every,
-        train_cfg.eval_every,
-    )
+    batch_size, log_every = train_cfg.batch_size, train_cfg.log_every
+    eval_every = eval_interval(config, data)
     batches = train_batches(
         data.train,
         batch_size,

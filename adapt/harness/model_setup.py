@@ -53,6 +53,25 @@ def _dtype(name: str | None):
     return DTYPES[name]
 
 
+CLASSIFIER = "classifier"  # model.architecture: the family's own classification architecture
+
+
+def _classifier_architecture(path: Any) -> str:
+    """The sequence or image classification architecture of the checkpoint's family, for
+    configs that take any checkpoint (configs/text/classify.py)."""
+    from adapt.convert import hf
+
+    family = hf.family_for(hf.read_config(path)["model_type"])
+    found = [a for a in family.architectures
+             if a.endswith(("ForSequenceClassification", "ForImageClassification"))]  # fmt: skip
+    if not found:
+        raise ConfigError(
+            f"model.architecture={CLASSIFIER!r}: {path} is a {family.name} checkpoint, and adapt "
+            f"has no classifier for that family (it builds {', '.join(family.architectures)})"
+        )
+    return found[0]
+
+
 def load_model(cfg: ModelSection | Any, num_labels: int | None, rng: jax.Array) -> Model:
     """The model named by ``cfg`` (a config's ``model`` section) with a head of ``num_labels``."""
     cfg = ModelSection.parse_one(cfg, "model")
@@ -70,6 +89,8 @@ def load_model(cfg: ModelSection | Any, num_labels: int | None, rng: jax.Array) 
 
         path = weights.resolve(cfg.path)
         architecture = cfg.architecture
+        if architecture == CLASSIFIER:
+            architecture = _classifier_architecture(path)
         if num_labels is not None and (architecture or "").endswith("Classification"):
             overrides["num_labels"] = num_labels
         module, params, config, architecture = load_checkpoint(

@@ -182,8 +182,11 @@ def check_run(config: RunConfig) -> None:
     else:
         p.at_least("train.steps", t.steps, 1)
     if t.select_best is not None:
-        if not t.eval_every:
-            p.append("train.select_best needs train.eval_every > 0 (how often to evaluate)")
+        if not (t.eval_every or t.eval_every_epochs):
+            p.append(
+                "train.select_best needs train.eval_every > 0 or train.eval_every_epochs > 0 "
+                "(how often to evaluate)"
+            )
         if not config.data.val_fraction:
             p.append(
                 "train.select_best needs a validation split (data.val_fraction): model "
@@ -205,6 +208,11 @@ def check_run(config: RunConfig) -> None:
     p.choice("train.remat", t.remat, sorted(remat.POLICIES))
     p.at_least("train.log_every", t.log_every, 1)
     p.at_least("train.eval_every", t.eval_every, 0)
+    if t.eval_every_epochs:
+        p.range("train.eval_every_epochs", t.eval_every_epochs, 0, math.inf, lo_open=True,
+                hi_open=True)  # fmt: skip
+    if t.eval_every and t.eval_every_epochs:
+        p.append("give train.eval_every (steps) or train.eval_every_epochs, not both")
     p.at_least("train.eval_batch_size", t.eval_batch_size, 0)
     p.at_least("train.length_grouping", t.length_grouping, 0)
     total = t.steps if isinstance(t.steps, int) and t.steps >= 1 and not t.epochs else None

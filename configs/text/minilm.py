@@ -26,9 +26,10 @@ The recipe (one for every method, budget and data set; the arguments change it):
   see every labelled example), never from the eval (test) set: the model is
   evaluated on it at the start and every epoch (half epoch with all the data), the best
   evaluation's weights are the result, and training stops after 5 evaluations without gain;
-- budgets are epochs (``EPOCHS``), AdamW with weight decay 0.01, 10% linear warmup then linear
-  decay, gradient clipping at 1; one learning rate per method (``METHODS``, scaled by
-  ``lr_scale``: the studies choose it from {0.3, 1, 3} on the validation split);
+- budgets are epochs (``EPOCHS`` in configs/text/recipe.py, which holds the recipe's code,
+  shared with configs/text/classify.py), AdamW with weight decay 0.01, 10% linear warmup then
+  linear decay, gradient clipping at 1; one learning rate per method (recipe.py's ``METHODS``,
+  scaled by ``lr_scale``: the studies choose it from {0.3, 1, 3} on the validation split);
 - ``per_class`` labelled examples of each class are drawn with the run's seed (so seeds vary the
   sample as well as the initialisation); ``per_class=0`` is all the training data (Banking77:
   10,003; SST-2: ``train_examples``, 20,000 by default). Evaluation is on the full held-out set
@@ -43,32 +44,8 @@ fresh), train_examples, wise (the WiSE-FT curve over alpha), export (adapt's nat
 <workdir>/export_native), seed, smoke (seconds, for tests).
 """
 
-import ml_collections
-
 from adapt.harness.config import ConfigError, parse_arg
-
-# method -> (label of its trainable leaves, learning rate, options). Learning rates in the usual
-# ranges for BERT-sized encoders; the head (started from the probe) trains with the same one.
-METHODS = {
-    "full": ("backbone", 5e-5, {}),
-    "lp_ft": ("backbone", 5e-5, {}),  # full fine-tuning from the probed head, whatever head_init
-    "gradual_unfreezing": ("backbone", 5e-5, {}),
-    "scratch": ("backbone", 5e-4, {}),
-    "bitfit": ("bias", 1e-3, {}),
-    "lora": ("lora", 1e-3, {"rank": 8, "alpha": 16}),
-    "dora": ("lora", 1e-3, {"rank": 8, "alpha": 16}),
-    "ia3": ("ia3", 5e-3, {}),
-    "houlsby": ("adapter", 1e-3, {"bottleneck": 64}),
-    "pfeiffer": ("adapter", 1e-3, {"bottleneck": 64}),
-    "prefix": ("prefix", 1e-3, {"num_tokens": 10, "mlp_hidden": 256}),
-    "prompt": ("prompt", 3e-2, {"num_tokens": 16}),
-    "ptuning_v2": ("prefix", 5e-3, {"num_tokens": 10}),
-    "linear_probe": (None, 0.0, {}),
-    "logistic_regression": (None, 0.0, {}),
-}
-FRESH_HEAD_LR = 1e-3  # a head trained from random init (head_init=fresh, scratch)
-EPOCHS = {"few": 25, "all": 2}  # few-label budgets / all the training data
-PATIENCE = 5  # evaluations without a better validation accuracy before stopping
+from configs.text.recipe import check, classifier, val_fraction
 
 DATASETS = {
     "sst2": dict(  # the vendored GLUE SST-2 (also the source task of forgetting.py)
@@ -106,13 +83,7 @@ def get_config(arg=None):
     )  # fmt: skip
     if arg.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {arg.dataset!r}; choose from {sorted(DATASETS)}")
-    if arg.method not in METHODS:
-        raise ConfigError(f"unknown method {arg.method!r}; choose from {sorted(METHODS)}")
-    if arg.head_init not in ("probe", "fresh"):
-        raise ConfigError(f"head_init must be probe or fresh, got {arg.head_init!r}")
-    label, lr, options = METHODS[arg.method]
-    fit_only = label is None
-    lr *= arg.lr_scale
+    check(arg)
     few = arg.per_class > 0
     data = dict(DATASETS[arg.dataset])
     classes = NUM_CLASSES[arg.dataset]
@@ -124,64 +95,18 @@ def get_config(arg=None):
         if arg.dataset == "sst2" and arg.train_examples:  # 0: all 67,349
             data["max_examples"] = arg.train_examples
             labelled = min(arg.train_examples, labelled)
-    # Fitted-only methods (the baseline, the probe) have nothing to select: they fit on every
-    # labelled example, as the few-label methods do after their refit on train + validation.
-    val_fraction = 0.0 if fit_only else 0.2 if few else 0.1
-    data["val_fraction"] = val_fraction
-    train_examples = labelled - (
-        max(round(labelled * val_fraction), classes) if val_fraction else 0
-    )
+    share = val_fraction(arg.method, few)
+    train_examples = labelled - (max(round(labelled * share), classes) if share else 0)
     # at most a quarter of the training examples per batch (several steps per epoch even with
     # 16 examples), a multiple of 8 (the tests' 8-way data parallelism), 32 at most
     batch = min(32, max(8, train_examples // 4 // 8 * 8))
     per_epoch = max(train_examples // batch, 1)
-    head_init = {"scratch": "fresh", "lp_ft": "probe"}.get(arg.method, arg.head_init)
-    method = "full" if arg.method == "lp_ft" else arg.method
-
-    c = ml_collections.ConfigDict()
-    c.seed = arg.seed
-    c.task = "classification"
-    c.model = dict(
-        kind="hf",
-        path="all-MiniLM-L6-v2",
-        architecture="BertForSequenceClassification",
-        init="scratch" if arg.method == "scratch" else "pretrained",
-    )
-    c.method = dict(name=method, options=dict(options), head_init=head_init)
-    head_lr = lr if head_init == "probe" else FRESH_HEAD_LR
-    c.optim = dict(
-        default=dict(
-            lr=head_lr, weight_decay=0.01, schedule="warmup_linear", warmup_fraction=0.1,
-            clip_norm=1.0,
-        ),
-        groups={} if fit_only else {"head": {"lr": head_lr}, label: {"lr": lr}},
-    )  # fmt: skip
     eval_every = per_epoch if few else max(per_epoch // 2, 1)
-    c.train = dict(
-        batch_size=batch,
-        epochs=0.0 if fit_only else float(arg.epochs or EPOCHS["few" if few else "all"]),
+    model = dict(kind="hf", path="all-MiniLM-L6-v2", architecture="BertForSequenceClassification")
+    c = classifier(
+        arg, model=model, data=data, batch=batch, few=few, eval_every=eval_every,
         log_every=max(min(eval_every, 50), 1),
-        eval_every=0 if fit_only else eval_every,
-        eval_batch_size=128,
-        length_grouping=0 if few else 50,  # sort lengths within 50-batch chunks: less padding
-        select_best=None if fit_only else "accuracy",
-        early_stopping=0 if fit_only else PATIENCE,
-        refit=few and not fit_only,  # few labels: train again on train + val, chosen epochs
-    )
-    c.data = data
-    c.mesh = dict(axes=[("data", -1)], rules="dp")
-    c.checkpoint = dict(every=0, keep=1)  # one checkpoint, at the end (best/ holds the choice)
-    if arg.wise and not fit_only:  # WiSE-FT curve at the end (adapt.harness.wise): 11 alphas
-        c.wise_ft = dict(alphas=[round(0.1 * i, 1) for i in range(11)])
-    if arg.export:  # adapt's native format keeps the mean pooling (HF's BERT head cannot)
-        c.export = dict(native=True)
-    if arg.smoke:  # seconds, for tests: a few steps on a few examples
-        c.train.update(epochs=0.0 if fit_only else 1.0, batch_size=8, eval_batch_size=16,
-                       log_every=1, eval_every=0 if fit_only else 2, length_grouping=0)  # fmt: skip
-        smoke_data = {k: v for k, v in c.data.to_dict().items() if k != "examples_per_class"}
-        smoke_data.update(max_examples=48, eval_max_examples=32, max_length=32,
-                          bucket_boundaries=(32,), val_fraction=0.0 if fit_only else 0.25)  # fmt: skip
-        if arg.dataset == "banking77":  # 48 examples of 77 classes: keep the first four
-            smoke_data["classes"] = list(range(4))
-        c.data = smoke_data
+    )  # fmt: skip
+    if arg.smoke and arg.dataset == "banking77":  # 48 examples of 77 classes: the first four
+        c.data.classes = list(range(4))
     return c
