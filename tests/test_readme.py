@@ -31,6 +31,26 @@ def test_readme_library_example_runs(tmp_path, monkeypatch):
         np.testing.assert_allclose(scope["logits"][row], alone[0], atol=1e-5)
 
 
+def test_readme_own_project_example_trains_only_what_the_methods_add(capsys):
+    """ "Use adapt inside your own JAX project": the user's model, LoRA + IA3 + EWC, their loop."""
+    import numpy as np
+
+    import adapt
+
+    text = README.read_text().split("## Use adapt inside your own JAX project", 1)[1]
+    example = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    scope: dict = {}
+    exec(compile(example, "README.md", "exec"), scope)  # noqa: S102 - that is the point
+    first, last = (float(v) for v in re.findall(r"loss (\S+) -> (\S+)", capsys.readouterr().out)[0])
+    assert last < 0.5 * first
+    trained = adapt.paths.flatten(scope["trainable"])
+    assert sorted(trained) == ["hidden/ia3_l", "hidden/lora_a", "hidden/lora_b", "out/bias",
+                               "out/kernel"]  # fmt: skip
+    frozen, start = adapt.paths.flatten(scope["frozen"]), adapt.paths.flatten(scope["start"])
+    assert sorted(frozen) == ["hidden/bias", "hidden/kernel"]
+    assert not np.allclose(trained["hidden/lora_b"], start["hidden/lora_b"])
+
+
 def _numbers_in(path: Path) -> set[str]:
     """Every number in a results CSV, as the README may quote it: 3 decimals, a percent with 1
     decimal, or exact (accuracy 0.4956 -> "0.496" or "49.6"; alpha 0.5 -> "0.5")."""
@@ -55,3 +75,17 @@ def test_readme_results_quote_the_committed_csvs():
         quoted = re.findall(r"(?<![\w.])[+-]?\d+\.\d+", paragraph)
         unknown = [q for q in quoted if q not in known and q.lstrip("+") not in known]
         assert not unknown, f"README quotes {unknown}, not in {[f.name for f in csvs]}"
+
+
+def test_import_adapt_is_light_and_lists_its_entry_points():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, adapt; heavy = [m for m in ('jax', 'flax', 'optax') if m in sys.modules]; "
+        "assert not heavy, heavy; names = dir(adapt); "
+        "assert {'LoRA', 'IA3', 'partition', 'run', 'ewc_penalty'} <= set(names), names; "
+        "assert all(getattr(adapt, n) is not None for n in adapt.__all__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
