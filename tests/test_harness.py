@@ -121,6 +121,47 @@ def test_a_hugging_face_export_carries_its_tokenizer(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
+def test_export_peft_at_the_end_of_a_run_loads_in_peft_with_the_same_outputs(tmp_path, method):
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    config = _config("configs/text/minilm.py", f"dataset=sst2,method={method},smoke")
+    config.model.pooling = "pooler"  # what transformers' BertForSequenceClassification computes
+    config.export = {"peft": True}
+    run(config, tmp_path)
+    export = tmp_path / "export_peft"
+    adapter = json.loads((export / "adapter_config.json").read_text())
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(
+        adapter["base_model_name_or_path"], num_labels=2
+    )
+    model = peft.PeftModel.from_pretrained(base, export).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export)  # carried with the adapter
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").open()][:8]
+    enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=32,
+                    return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        probs = torch.softmax(model(**enc).logits, -1).numpy()
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    for row, p in zip(rows, probs, strict=True):
+        assert labels[str(int(p.argmax()))] == row["prediction"]
+        assert p.max() == pytest.approx(row["probability"], abs=2e-5)  # adapt's, to 6 decimals
+
+
+def test_export_peft_of_what_peft_cannot_load_is_refused_before_training(tmp_path):
+    config = _config("configs/text/minilm.py", "dataset=sst2,method=lora,smoke")
+    config.export = {"peft": True}  # all-MiniLM-L6-v2 pools by the mean: not BERT's head
+    with pytest.raises(ConfigError, match="export.peft: the base model as transformers builds"):
+        run(config, tmp_path / "w")
+    config = _config("configs/text/minilm.py", "dataset=sst2,method=houlsby,smoke")
+    config.model.pooling = "pooler"
+    config.export = {"peft": True}
+    with pytest.raises(ConfigError, match="export.peft writes one LoRA"):
+        run(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method",
     ["full", "linear_probe", "bitfit", "dora", "ia3", "houlsby", "pfeiffer", "prefix", "prompt",

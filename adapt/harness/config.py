@@ -371,6 +371,9 @@ class CheckpointSection(Section):
 class ExportSection(Section):
     hf: bool = False  # <workdir>/export_hf: a Hugging Face directory (methods merged)
     native: bool = False  # <workdir>/export_native: adapt's own format
+    # <workdir>/export_peft: the adapter alone, as peft.PeftModel.from_pretrained loads it over
+    # the base checkpoint (LoRA / DoRA / rsLoRA, IA3, prompt tuning; the trained head included)
+    peft: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -142,9 +142,12 @@ def _check_export(config: RunConfig, model: Model) -> None:
     from adapt.convert import hf
     from adapt.methods.base import Method
 
-    if not (config.export.hf or config.export.native):
+    export = config.export
+    if export.peft:
+        _check_peft_export(config, model)
+    if not (export.hf or export.native):
         return
-    if config.export.hf:
+    if export.hf:
         try:  # what Hugging Face cannot represent (a classifier's pooling) is refused now
             hf.to_hf_config(model.config, model.architecture)
         except (hf.UnsupportedConfigError, ValueError) as e:
@@ -155,6 +158,30 @@ def _check_export(config: RunConfig, model: Model) -> None:
             f"export.hf/export.native write the whole model with the method folded in, which "
             f"{', '.join(unmergeable)} cannot be; drop the export, or export the adapter "
             "(adapt.peft_format.export_adapter)"
+        )
+
+
+def _check_peft_export(config: RunConfig, model: Model) -> None:
+    """export.peft: PEFT loads the adapter over the Hugging Face base model, so the model must be
+    one transformers builds the same way, and the method one PEFT has (checked before training)."""
+    from adapt.convert import hf
+    from adapt.methods import IA3, LoRA, PromptTuning, QLoRA
+
+    if model.architecture is None:
+        raise ConfigError("export.peft needs a Hugging Face model (model.kind='hf')")
+    try:
+        hf.to_hf_config(model.config, model.architecture)
+    except (hf.UnsupportedConfigError, ValueError) as e:
+        raise ConfigError(
+            f"export.peft: the base model as transformers builds it differs: {e}"
+        ) from None
+    supported = (LoRA, IA3, PromptTuning)
+    methods = model.methods
+    if len(methods) != 1 or not isinstance(methods[0], supported) or isinstance(methods[0], QLoRA):
+        names = [type(m).__name__ for m in methods] or [config.method.name]
+        raise ConfigError(
+            f"export.peft writes one LoRA (DoRA, rsLoRA), IA3 or prompt-tuning adapter; this run "
+            f"has {', '.join(names)}. Use export.hf or export.native for the whole model"
         )
 
 
@@ -660,6 +687,8 @@ def _to_host(tree: Any) -> Any:
 
 def _export(config: RunConfig, model: Model, workdir: Path) -> None:
     export = config.export
+    if export.peft:
+        export_peft(config, model, workdir / "export_peft")
     if not (export.hf or export.native):
         return
     from adapt.convert import hf, native
@@ -695,3 +724,21 @@ def _tokenizer_folder(config: RunConfig) -> Path | None:
         if any((folder / name).is_file() for name in TOKENIZER_FILES):
             return folder
     return None
+
+
+def export_peft(config: RunConfig, model: Model, out: Path) -> Path:
+    """The run's adapter (and trained head) as a PEFT directory, with the tokenizer files."""
+    from adapt import weights
+    from adapt.convert.hf import TOKENIZER_FILES
+    from adapt.peft_format import export_adapter
+
+    base = weights.resolve(config.model.path)
+    out = export_adapter(
+        model.params, model.methods, model.config, model.architecture, out,
+        base_model_name_or_path=str(base.absolute()),
+    )  # fmt: skip
+    folder = _tokenizer_folder(config)
+    for name in TOKENIZER_FILES if folder is not None else ():
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, out / name)
+    return out
