@@ -57,7 +57,7 @@ class BottleneckAdapter(DenseMethod):
 
     def wrap(self, mod, path, x, dense):
         y = dense(x)
-        d, r, pd = mod.features, self.bottleneck, self.param_dtype
+        d, r, pd = y.shape[-1], self.bottleneck, self.param_dtype  # on the output's last axis
         normal = nn.initializers.normal(self.init_scale)
         w_down = mod.param("adapter_down_kernel", normal, (d, r), pd)
         b_down = mod.param("adapter_down_bias", nn.initializers.zeros, (r,), pd)

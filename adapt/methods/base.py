@@ -32,6 +32,7 @@ import jax
 
 from adapt import paths
 from adapt.errors import AdaptError
+from adapt.methods.layers import LAYER_NAMES, LAYERS
 
 Rules = list[tuple[str, str | None]]
 
@@ -94,7 +95,8 @@ class Method:
 
 
 class DenseMethod(Method):
-    """A method that wraps every ``nn.Dense`` whose module path full-matches ``targets``.
+    """A method that wraps every linear layer (``nn.Dense``, ``nn.DenseGeneral``, ``nn.Einsum``,
+    ``nn.Conv``: :mod:`adapt.methods.layers`) whose module path full-matches ``targets``.
 
     Subclasses implement :meth:`wrap`; the matching, the bookkeeping of matched and candidate
     paths (for the "matched nothing" error) and the call of the original layer live here once.
@@ -110,7 +112,7 @@ class DenseMethod(Method):
 
     def intercept(self, next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
         mod = context.module
-        if not isinstance(mod, nn.Dense) or context.method_name != "__call__":
+        if not isinstance(mod, LAYERS) or context.method_name != "__call__":
             return next_fun(*args, **kwargs)
         path = module_path(context)
         self.candidates.add(path)
@@ -121,7 +123,15 @@ class DenseMethod(Method):
         x = args[0] if args else kwargs.pop("inputs")
         return self.wrap(mod, path, x, lambda inputs: next_fun(inputs, *args[1:], **kwargs))
 
-    def wrap(self, mod: nn.Dense, path: str, x: jax.Array, dense: Callable) -> jax.Array:
+    def check_attached(self) -> None:
+        if not self.matched:
+            raise MethodError(
+                f"{type(self).__name__} {self.describe_targets()} matched no module (methods "
+                f"attach to {LAYER_NAMES} layers). Available module paths of those types:"
+                f"{paths.shorten_list(sorted(self.candidates), 80)}"
+            )
+
+    def wrap(self, mod: nn.Module, path: str, x: jax.Array, dense: Callable) -> jax.Array:
         """The matched layer's new output; ``dense(inputs)`` runs the original layer."""
         raise NotImplementedError
 

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from adapt import paths
-from adapt.methods.base import DenseMethod, Rules, compile_targets
+from adapt.methods.base import DenseMethod, MethodError, Rules, compile_targets
 
 # Presets mirroring PEFT's defaults per family: (targets, feed-forward targets). PEFT matches
 # "output.dense" as a suffix, so for BERT/ViT it also scales the *input* of the attention output
@@ -52,10 +52,22 @@ class IA3(DenseMethod):
 
     def wrap(self, mod, path, x, dense):
         if self.ff_pattern is not None and self.ff_pattern.fullmatch(path):
+            if not isinstance(mod, nn.Dense | nn.Conv):  # input features on the kernel's axis -2
+                raise MethodError(
+                    f"IA3 feed-forward scaling on {path}: {type(mod).__name__} is not supported "
+                    "(nn.Dense and nn.Conv are); scale its output instead"
+                )
             scale = mod.param("ia3_l", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
             return dense(x * scale.astype(x.dtype))
+        if isinstance(mod, nn.Einsum):  # the output's last axis must be the kernel's last
+            _, rhs, out = mod.einsum_str.replace(" ", "").replace("->", ",").split(",")
+            if out[-1] != rhs[-1]:
+                raise MethodError(
+                    f"IA3 on {path}: the einsum {mod.einsum_str!r} does not end on the kernel's "
+                    "last axis, so the scale could not be folded into it"
+                )
         y = dense(x)
-        scale = mod.param("ia3_l", nn.initializers.ones, (mod.features,), self.param_dtype)
+        scale = mod.param("ia3_l", nn.initializers.ones, (y.shape[-1],), self.param_dtype)
         return y * scale.astype(y.dtype)
 
     def merge(self, params: dict) -> dict:
@@ -68,8 +80,8 @@ class IA3(DenseMethod):
             kernel = flat[f"{mod}/kernel"]
             if self.ff_pattern is not None and self.ff_pattern.fullmatch(mod):
                 flat[f"{mod}/kernel"] = (kernel * scale[:, None]).astype(kernel.dtype)
-            else:
-                flat[f"{mod}/kernel"] = (kernel * scale[None, :]).astype(kernel.dtype)
+            else:  # the last axis of every supported kernel is the output's last
+                flat[f"{mod}/kernel"] = (kernel * scale).astype(kernel.dtype)
                 if f"{mod}/bias" in flat:
                     flat[f"{mod}/bias"] = (flat[f"{mod}/bias"] * scale).astype(kernel.dtype)
         return paths.unflatten(flat)

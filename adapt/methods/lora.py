@@ -1,4 +1,6 @@
-"""LoRA (Hu et al. 2021), rsLoRA (Kalajievic 2023) and DoRA (Liu et al. 2024) on any ``nn.Dense``.
+"""LoRA (Hu et al. 2021), rsLoRA (Kalajievic 2023) and DoRA (Liu et al. 2024) on any ``nn.Dense``
+(LoRA and rsLoRA also on ``nn.DenseGeneral``, ``nn.Einsum`` and ``nn.Conv``: their kernels as
+matrices, :mod:`adapt.methods.layers`).
 
 The forward pass of a matched Dense becomes ``x @ W + b + s * dropout(x) @ A @ B`` with
 ``A: (in, r)`` Kaiming-uniform and ``B: (r, out)`` zero (PEFT's initialisation, so the model is
@@ -26,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from adapt import paths
+from adapt.methods import layers
 from adapt.methods.base import DenseMethod, MethodError, Rules
 
 
@@ -36,7 +39,7 @@ def kaiming_uniform_a_sqrt5(key: jax.Array, shape: tuple[int, int], dtype=jnp.fl
 
 
 class LoRA(DenseMethod):
-    """Low-rank adapters on every ``nn.Dense`` whose module path full-matches ``targets``."""
+    """Low-rank adapters on every linear layer whose module path full-matches ``targets``."""
 
     def __init__(
         self,
@@ -62,6 +65,7 @@ class LoRA(DenseMethod):
         self.rank, self.alpha, self.dropout = rank, float(alpha), float(dropout)
         self.rslora, self.dora, self.name = rslora, dora, name
         self.param_dtype = param_dtype
+        self.layouts: dict[str, layers.Layout] = {}  # module path -> its kernel's layout
 
     @property
     def scaling(self) -> float:
@@ -77,24 +81,38 @@ class LoRA(DenseMethod):
     # ---------------------------------------------------------------------------- forward
     def wrap(self, mod, path, x, dense):
         y = dense(x)
-        d_in, d_out = x.shape[-1], mod.features
+        try:
+            lay = layers.layout(mod, x)
+        except ValueError as e:
+            raise MethodError(f"LoRA on {path}: {e}") from None
+        if self.dora and lay.kind != "dense":
+            raise MethodError(f"DoRA on {path}: DoRA attaches to nn.Dense layers only")
+        self.layouts[path] = lay
+        fan_in = lay.a_fan_in()
         a = mod.param(
-            f"{self.name}_a", kaiming_uniform_a_sqrt5, (d_in, self.rank), self.param_dtype
+            f"{self.name}_a",
+            lambda key, shape, dt: kaiming_uniform_a_sqrt5(key, (fan_in, shape[-1]), dt).reshape(
+                shape
+            ),
+            lay.a_shape(self.rank),
+            self.param_dtype,
         )
-        b = mod.param(f"{self.name}_b", nn.initializers.zeros, (self.rank, d_out), self.param_dtype)
+        b = mod.param(
+            f"{self.name}_b", nn.initializers.zeros, (self.rank, lay.d_out), self.param_dtype
+        )
         dtype = y.dtype
         h = x
         if self.dropout > 0.0 and mod.has_rng("dropout"):
             keep = jax.random.bernoulli(mod.make_rng("dropout"), 1.0 - self.dropout, x.shape)
             h = jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
-        delta = (h.astype(dtype) @ a.astype(dtype)) @ b.astype(dtype)
+        delta = layers.low_rank(mod, lay, h.astype(dtype), a.astype(dtype), b.astype(dtype))
         if not self.dora:
             return y + self.scaling * delta
         kernel = mod.get_variable("params", "kernel")
         magnitude = mod.param(
             f"{self.name}_magnitude",
             lambda _k, shape, dt: jnp.linalg.norm(kernel.astype(jnp.float32), axis=0).astype(dt),
-            (d_out,),
+            (lay.d_out,),
             self.param_dtype,
         )
         direction = kernel.astype(jnp.float32) + self.scaling * (
@@ -116,6 +134,20 @@ class LoRA(DenseMethod):
         suffix = f"/{self.name}_a"
         return [p[: -len(suffix)] for p in flat if p.endswith(suffix)]
 
+    def _delta(self, mod: str, kernel: Any, a: Any, b: Any) -> jax.Array:
+        """``A B`` at the kernel's shape, in float32."""
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+        lay = self.layouts.get(mod)
+        if lay is None:  # not traced in this process: shapes tell Dense and Conv apart
+            if kernel.ndim > 2 and a.ndim == 2:  # DenseGeneral or Einsum: axis order unknown
+                raise MethodError(
+                    f"cannot merge LoRA on {mod} before the model ran with it: call "
+                    "adapt.methods.init (or apply) with this LoRA object first"
+                )
+            kind = "conv" if a.ndim > 2 else "dense"
+            lay = layers.Layout(kind, tuple(kernel.shape), a.shape[0], b.shape[-1])
+        return lay.kernel_delta(a, b)
+
     def merge(self, params: dict) -> dict:
         """Fold the adapter into the kernels and drop its leaves: ``W <- W + s A B`` (DoRA:
         ``W <- m * (W + s A B) / ||W + s A B||``). Pure: returns a new tree."""
@@ -126,9 +158,7 @@ class LoRA(DenseMethod):
         for mod in modules:
             kernel = flat[f"{mod}/kernel"]
             a, b = flat.pop(f"{mod}/{self.name}_a"), flat.pop(f"{mod}/{self.name}_b")
-            merged = kernel.astype(jnp.float32) + self.scaling * (
-                a.astype(jnp.float32) @ b.astype(jnp.float32)
-            )
+            merged = kernel.astype(jnp.float32) + self.scaling * self._delta(mod, kernel, a, b)
             if self.dora:
                 m = flat.pop(f"{mod}/{self.name}_magnitude").astype(jnp.float32)
                 merged = merged * (m / jnp.linalg.norm(merged, axis=0))
@@ -144,7 +174,7 @@ class LoRA(DenseMethod):
         for mod in self._modules(extra):
             a, b = extra[f"{mod}/{self.name}_a"], extra[f"{mod}/{self.name}_b"]
             kernel = flat[f"{mod}/kernel"]
-            delta = self.scaling * (a.astype(jnp.float32) @ b.astype(jnp.float32))
+            delta = self.scaling * self._delta(mod, kernel, a, b)
             flat[f"{mod}/kernel"] = (kernel.astype(jnp.float32) - delta).astype(kernel.dtype)
             flat[f"{mod}/{self.name}_a"], flat[f"{mod}/{self.name}_b"] = a, b
         return paths.unflatten(flat)
