@@ -2,6 +2,7 @@
 
 config -> data -> model (+ methods) -> partition stages -> [sharded jitted steps, eval,
 checkpoints, logs]* -> final eval -> results.json, learning-curve PNG, optional export.
+What the config builds is :mod:`adapt.harness.experiment`; the exports :mod:`adapt.harness.exports`.
 
 Resuming is implicit: a workdir holding checkpoints of the *same* experiment (same config and
 base-weight fingerprints) continues from the newest one, bit for bit; a workdir of another
@@ -16,7 +17,6 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapt import optim, partition, paths, sharding
+from adapt import partition
 from adapt.checkpoint import Checkpointer, PreemptionFlag, WorkdirMismatchError
 from adapt.data import steps_per_epoch, train_batches
 from adapt.fingerprint import config_fingerprint, params_fingerprint
-from adapt.harness import run_report
+from adapt.harness import exports, run_report
 from adapt.harness.config import ConfigError, RunConfig, suggest
-from adapt.harness.data_setup import Data, load_data
 from adapt.harness.evaluation import evaluate, predict
+from adapt.harness.experiment import (  # noqa: F401 - build and loss_function: public here too
+    Experiment,
+    build,
+    eval_interval,
+    loss_function,
+    stage_trainer,
+    trainable_count,
+)
 from adapt.harness.hooks import RunHooks
-from adapt.harness.model_setup import FIT_ONLY, Model, attach_methods, forward_fn, load_model
 from adapt.harness.selection import BestModel
 from adapt.metrics import (
     RESULTS_FILE,
@@ -42,250 +48,7 @@ from adapt.metrics import (
     plot_learning_curves,
     write_results,
 )
-from adapt.tasks.causal_lm import causal_lm_loss
-from adapt.tasks.classification import cross_entropy
-from adapt.train import LOSS_WEIGHT, NonFiniteLossError, Trainer, place_frozen
-
-
-def _mesh_rules(config: RunConfig) -> list[tuple[str, str]]:
-    rules = config.mesh.rules
-    if isinstance(rules, str):
-        if rules not in sharding.RULE_PRESETS:
-            raise ConfigError(f"mesh.rules {rules!r} is not one of {sorted(sharding.RULE_PRESETS)}")
-        return sharding.RULE_PRESETS[rules]
-    return [tuple(r) for r in rules]
-
-
-def loss_function(task: str, forward, num_labels: int | None):
-    """The training loss of ``task`` on ``forward``'s outputs: ``(params, model_state, batch,
-    rng) -> (loss, (metrics, new_model_state))``, what :class:`~adapt.train.Trainer` differentiates
-    (also used by benchmarks/aot_memory.py to compile the harness's exact step ahead of time)."""
-
-    def loss_fn(params, model_state, batch, rng):
-        out, new_state = forward(params, model_state, batch, True, rng)
-        if task == "classification":
-            loss = cross_entropy(out["logits"], batch["labels"])
-            acc = jnp.mean((jnp.argmax(out["logits"], -1) == batch["labels"]).astype(jnp.float32))
-            return loss, ({"accuracy": acc}, new_state)
-        loss, sums = causal_lm_loss(out["logits"], batch["labels"], batch["loss_mask"])
-        metrics = {"tokens": sums["tokens"], LOSS_WEIGHT: sums["tokens"]}
-        return loss, (metrics, new_state)
-
-    return loss_fn
-
-
-def _group_specs(config: RunConfig, labels: set[str], total: int) -> dict[str, dict]:
-    """Each label's optimizer settings, with ``warmup_fraction`` turned into steps."""
-    specs = {}
-    for lab in labels:
-        spec = config.optim.group(lab)
-        fraction = spec.pop("warmup_fraction", 0.0)
-        if fraction:
-            spec["warmup_steps"] = int(round(fraction * total))
-        specs[lab] = spec
-    return specs
-
-
-def total_steps(config: RunConfig, data: Data) -> int:
-    """Optimizer steps of the run: ``train.steps``, or ``train.epochs`` passes over the training
-    examples in full batches (0 for the recipes that only fit a head)."""
-    if config.method.name in FIT_ONLY or not (config.train.epochs or config.train.steps):
-        return 0
-    if config.train.epochs:
-        per_epoch = steps_per_epoch(data.train.num_examples, config.train.batch_size)
-        return max(1, math.ceil(config.train.epochs * per_epoch))
-    return config.train.steps
-
-
-def eval_interval(config: RunConfig, data: Data) -> int:
-    """Steps between evaluations: ``train.eval_every``, or ``train.eval_every_epochs`` in steps
-    of the training set (0: at the end only)."""
-    if config.train.eval_every_epochs:
-        per_epoch = steps_per_epoch(data.train.num_examples, config.train.batch_size)
-        return max(1, round(config.train.eval_every_epochs * per_epoch))
-    return config.train.eval_every
-
-
-def _stage_steps(config: RunConfig, num_stages: int, total: int) -> list[int]:
-    given = config.method.stages
-    if given:
-        steps = [int(s) for s in given]
-        if len(steps) != num_stages or sum(steps) != total:
-            raise ConfigError(
-                f"method.stages {steps} must give one step count per stage ({num_stages}) "
-                f"summing to the run's steps ({total})"
-            )
-        return steps
-    if num_stages == 1:
-        return [total]
-    base, extra = divmod(total, num_stages)
-    return [base + (i < extra) for i in range(num_stages)]
-
-
-def _check_groups(config: RunConfig, model: Model, stages: list) -> None:
-    """Every ``optim.groups`` label must be a label of the partition: a misspelt label would
-    otherwise leave its group with the default settings, silently."""
-    used: set[str] = set()
-    for rules in stages:
-        used |= {lab for _, lab in rules if lab is not None}
-    for label in config.optim.groups:
-        if label not in used:
-            raise ConfigError(
-                f"optim.groups.{label}: no parameter of method {config.method.name!r} has the "
-                f"label {label!r}{suggest(label, sorted(used))}; its labels are {sorted(used)}"
-            )
-
-
-def _check_export(config: RunConfig, model: Model) -> None:
-    """A full-model export folds the methods into the base weights: refuse, before training,
-    a method that cannot be folded (adapters, prompts add computation, not a weight delta)."""
-    from adapt.convert import hf
-    from adapt.methods.base import Method
-
-    export = config.export
-    if export.peft:
-        _check_peft_export(config, model)
-    if not (export.hf or export.native):
-        return
-    if export.hf:
-        try:  # what Hugging Face cannot represent (a classifier's pooling) is refused now
-            hf.to_hf_config(model.config, model.architecture)
-        except (hf.UnsupportedConfigError, ValueError) as e:
-            raise ConfigError(f"export.hf: {e}") from None
-    unmergeable = [type(m).__name__ for m in model.methods if type(m).merge is Method.merge]
-    if unmergeable:
-        raise ConfigError(
-            f"export.hf/export.native write the whole model with the method folded in, which "
-            f"{', '.join(unmergeable)} cannot be; drop the export, or export the adapter "
-            "(adapt.peft_format.export_adapter)"
-        )
-
-
-def _check_peft_export(config: RunConfig, model: Model) -> None:
-    """export.peft: PEFT loads the adapter over the Hugging Face base model, so the model must be
-    one transformers builds the same way, and the method one PEFT has (checked before training)."""
-    from adapt.convert import hf
-    from adapt.methods import IA3, LoRA, PromptTuning, QLoRA
-
-    if model.architecture is None:
-        raise ConfigError("export.peft needs a Hugging Face model (model.kind='hf')")
-    try:
-        hf.to_hf_config(model.config, model.architecture)
-    except (hf.UnsupportedConfigError, ValueError) as e:
-        raise ConfigError(
-            f"export.peft: the base model as transformers builds it differs: {e}"
-        ) from None
-    supported = (LoRA, IA3, PromptTuning)
-    methods = model.methods
-    if len(methods) != 1 or not isinstance(methods[0], supported) or isinstance(methods[0], QLoRA):
-        names = [type(m).__name__ for m in methods] or [config.method.name]
-        raise ConfigError(
-            f"export.peft writes one LoRA (DoRA, rsLoRA), IA3 or prompt-tuning adapter; this run "
-            f"has {', '.join(names)}. Use export.hf or export.native for the whole model"
-        )
-
-
-def _check_batches(config: RunConfig, data: Data, mesh: Any) -> None:
-    """A batch must fit the examples and split over the data-parallel devices."""
-    batch = config.train.batch_size
-    shards = sharding.data_parallel_size(mesh)
-    for size, what in ((batch, "train.batch_size"), (config.train.eval_batch, "eval batch size")):
-        if size % shards:
-            raise ConfigError(
-                f"{what} ({size}) must be a multiple of the {shards} data-parallel devices of "
-                f"mesh.axes {config.mesh.axes}"
-            )
-    if (config.train.batch_size // config.train.grad_accum) % shards:
-        raise ConfigError(
-            f"each of the {config.train.grad_accum} micro-batches of train.batch_size {batch} "
-            f"must split over the {shards} data-parallel devices"
-        )
-    n = data.train.num_examples
-    if batch > n and config.method.name not in FIT_ONLY:
-        raise ConfigError(
-            f"train.batch_size ({batch}) exceeds the {n} training examples; lower it to at most {n}"
-        )
-    if config.train.select_best is not None and data.val is None:
-        raise ConfigError("train.select_best needs a validation split (data.val_fraction)")
-
-
-@dataclass
-class Experiment:
-    """Everything a config builds before training: what :func:`run` and
-    :func:`evaluate_workdir` share."""
-
-    config: RunConfig
-    task: str
-    seed: int
-    data: Data
-    model: Model
-    stages: list
-    steps_per_stage: list[int]
-    mesh: Any
-    shard_rules: list
-    forward: Any
-    loss_fn: Any
-    rng_train: jax.Array
-
-
-def build(config: Any) -> Experiment:
-    """Check the config, then load data and model and attach the methods (writes nothing)."""
-    config = RunConfig.parse(config)
-    config.validate()
-    seed, task = config.seed, config.task
-    rng_model, rng_method, rng_train = jax.random.split(jax.random.key(seed), 3)
-    try:
-        mesh = sharding.make_mesh([tuple(a) for a in config.mesh.axes])
-    except ValueError as e:
-        raise ConfigError(f"mesh.axes {config.mesh.axes}: {e}") from None
-    data: Data = load_data(config.data, seed=seed, model_path=config.model.path)
-    _check_batches(config, data, mesh)
-    model: Model = load_model(config.model, data.num_labels, rng_model)
-    stages = attach_methods(model, config.method, rng_method)
-    _check_groups(config, model, stages)
-    _check_export(config, model)
-    forward = forward_fn(model, config.model.train_batch_stats)
-    steps = _stage_steps(config, len(stages), total_steps(config, data))
-    return Experiment(
-        config, task, seed, data, model, stages, steps, mesh, _mesh_rules(config), forward,
-        loss_function(task, forward, data.num_labels), rng_train,
-    )  # fmt: skip
-
-
-def stage_trainer(exp: Experiment, rules: Any) -> tuple[Trainer, dict, dict, dict]:
-    """``(trainer, trainable, frozen_on_mesh, frozen_host)`` for one stage's partition."""
-    config = exp.config
-    labels = partition.label(exp.model.params, rules)
-    trainable, frozen_full = partition.split(exp.model.params, labels)
-    tl = partition.trainable_labels(labels)
-    total = sum(exp.steps_per_stage)
-    decay = config.optim.layerwise_decay
-    multipliers = None
-    if decay:
-        layers = getattr(exp.model.config, "num_hidden_layers", None)
-        if layers is None:
-            raise ConfigError("optim.layerwise_decay needs a model with num_hidden_layers")
-        multipliers = optim.layerwise_multipliers(trainable, int(layers), float(decay))
-    groups = _group_specs(config, set(paths.flatten(tl).values()), total)
-    tx = optim.build(tl, groups, max(total, 1), multipliers=multipliers)
-    trainer = Trainer(
-        exp.loss_fn, tx, exp.mesh, exp.shard_rules,
-        grad_accum=config.train.grad_accum, remat=config.train.remat,
-    )  # fmt: skip
-    frozen_dtype = config.model.frozen_dtype
-    frozen = place_frozen(
-        frozen_full,
-        exp.mesh,
-        exp.shard_rules,
-        dtype=jnp.dtype(frozen_dtype) if frozen_dtype else None,
-    )
-    return trainer, trainable, frozen, frozen_full
-
-
-def trainable_count(exp: Experiment) -> int:
-    """Trainable parameters of the run's last stage (what the method trains at the end)."""
-    labels = partition.label(exp.model.params, exp.stages[-1])
-    return partition.count(partition.split(exp.model.params, labels)[0])
+from adapt.train import NonFiniteLossError
 
 
 def finished_results(workdir: Path, fingerprint: dict, config_dict: dict) -> dict | None:
@@ -424,7 +187,7 @@ def run(config: Any, workdir: str | Path) -> dict:
         "fingerprint": fingerprint,
     }
     if jax.process_index() == 0:
-        _export(config, model, workdir)
+        exports.write(config, model, workdir)
         plot_learning_curves(workdir / "metrics.jsonl", workdir / "learning_curves.png")
         write_results(workdir, results)  # last: its presence marks the run finished
     return results
@@ -683,62 +446,3 @@ def _to_host(tree: Any) -> Any:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     return jax.tree.map(one, tree)
-
-
-def _export(config: RunConfig, model: Model, workdir: Path) -> None:
-    export = config.export
-    if export.peft:
-        export_peft(config, model, workdir / "export_peft")
-    if not (export.hf or export.native):
-        return
-    from adapt.convert import hf, native
-    from adapt.methods import merge_all
-
-    params = merge_all(model.params, model.methods)
-    if export.hf:
-        hf.save_pretrained(
-            params, model.config, workdir / "export_hf", architecture=model.architecture,
-            tokenizer_from=_tokenizer_folder(config),
-        )  # fmt: skip
-    if export.native:
-        native.save_native(
-            params, model.config, workdir / "export_native", architecture=model.architecture
-        )
-
-
-def _tokenizer_folder(config: RunConfig) -> Path | None:
-    """The folder of the run's Hugging Face tokenizer files (data.tokenizer's, else the model's),
-    which an HF export carries along; None for models without one (images, scratch)."""
-    from adapt import weights
-    from adapt.convert.hf import TOKENIZER_FILES
-    from adapt.errors import AdaptError
-
-    for given in (config.data.tokenizer, config.model.path):
-        if not given:
-            continue
-        try:
-            path = weights.resolve(given)
-        except AdaptError:
-            continue
-        folder = path if path.is_dir() else path.parent
-        if any((folder / name).is_file() for name in TOKENIZER_FILES):
-            return folder
-    return None
-
-
-def export_peft(config: RunConfig, model: Model, out: Path) -> Path:
-    """The run's adapter (and trained head) as a PEFT directory, with the tokenizer files."""
-    from adapt import weights
-    from adapt.convert.hf import TOKENIZER_FILES
-    from adapt.peft_format import export_adapter
-
-    base = weights.resolve(config.model.path)
-    out = export_adapter(
-        model.params, model.methods, model.config, model.architecture, out,
-        base_model_name_or_path=str(base.absolute()),
-    )  # fmt: skip
-    folder = _tokenizer_folder(config)
-    for name in TOKENIZER_FILES if folder is not None else ():
-        if (folder / name).is_file():
-            shutil.copyfile(folder / name, out / name)
-    return out

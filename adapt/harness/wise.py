@@ -113,7 +113,7 @@ class WiseCurve:
 
 
 def evaluator(exp: Any, model_state: dict, batch_size: int):
-    """``params -> eval-set metrics`` of the run ``exp`` (an :class:`~adapt.harness.loop.Experiment`)."""
+    """``params -> eval-set metrics`` of the run ``exp`` (an :class:`~adapt.harness.experiment.Experiment`)."""
 
     def run(params):
         return evaluate(
