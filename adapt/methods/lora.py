@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from adapt import paths
-from adapt.methods import layers
 from adapt.methods.base import DenseMethod, MethodError, Rules
+from adapt.methods.layers import Layout, layout, low_rank
 
 
 def kaiming_uniform_a_sqrt5(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:
@@ -65,7 +65,7 @@ class LoRA(DenseMethod):
         self.rank, self.alpha, self.dropout = rank, float(alpha), float(dropout)
         self.rslora, self.dora, self.name = rslora, dora, name
         self.param_dtype = param_dtype
-        self.layouts: dict[str, layers.Layout] = {}  # module path -> its kernel's layout
+        self.layouts: dict[str, Layout] = {}  # module path -> its kernel's layout
 
     @property
     def scaling(self) -> float:
@@ -82,7 +82,7 @@ class LoRA(DenseMethod):
     def wrap(self, mod, path, x, dense):
         y = dense(x)
         try:
-            lay = layers.layout(mod, x)
+            lay = layout(mod, x)
         except ValueError as e:
             raise MethodError(f"LoRA on {path}: {e}") from None
         if self.dora and lay.kind != "dense":
@@ -105,7 +105,7 @@ class LoRA(DenseMethod):
         if self.dropout > 0.0 and mod.has_rng("dropout"):
             keep = jax.random.bernoulli(mod.make_rng("dropout"), 1.0 - self.dropout, x.shape)
             h = jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
-        delta = layers.low_rank(mod, lay, h.astype(dtype), a.astype(dtype), b.astype(dtype))
+        delta = low_rank(mod, lay, h.astype(dtype), a.astype(dtype), b.astype(dtype))
         if not self.dora:
             return y + self.scaling * delta
         kernel = mod.get_variable("params", "kernel")
@@ -145,7 +145,7 @@ class LoRA(DenseMethod):
                     "adapt.methods.init (or apply) with this LoRA object first"
                 )
             kind = "conv" if a.ndim > 2 else "dense"
-            lay = layers.Layout(kind, tuple(kernel.shape), a.shape[0], b.shape[-1])
+            lay = Layout(kind, tuple(kernel.shape), a.shape[0], b.shape[-1])
         return lay.kernel_delta(a, b)
 
     def merge(self, params: dict) -> dict:
