@@ -7,10 +7,11 @@ recipe of the studies and the demo.
       --config=configs/text/minilm.py:dataset=banking77,method=full,per_class=10,seed=1 \
       --workdir=workdirs/b77_full_10
 
-Expected (AMD EPYC, 2 cores, measured 2026-12-02; results/transfer_core/): Banking77 with all
-10,003 examples, seed 0: full fine-tuning and LoRA 0.928 test accuracy (15.5 and 8.5 minutes, two
-runs at a time), the same as the probe, against 0.923 for the logistic-regression baseline; at 10
-per intent full 0.845 and LoRA 0.844 against 0.843 (3 seeds). A pilot with 3 epochs instead of
+Expected (AMD EPYC, 2 cores, measured 2026-12-02; results/transfer_banking77_all/ and
+results/transfer_core/): Banking77 with all 10,003 examples, 3 seeds: full fine-tuning 0.929 and
+LoRA 0.925 test accuracy (lr_scale=3; 8-16 and 5-9 minutes a run, two at a time), Houlsby 0.925,
+prefix 0.927, IA3 0.925, BitFit 0.923, the probe 0.928, against 0.923 for the logistic-regression
+baseline; at 10 per intent full 0.845 and LoRA 0.844 against 0.843 (3 seeds). A pilot with 3 epochs instead of
 ``EPOCHS["all"]=2`` (lr_scale 1, seed 0) gave full fine-tuning 0.934 and LoRA 0.928. SST-2 at 10 /
 50 per class: full 0.613 / 0.734, LoRA 0.611 / 0.718, baseline 0.609 / 0.718: with 4 or 20
 validation sentences the selection often keeps the probed head (see the README's Results).
