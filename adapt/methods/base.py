@@ -107,9 +107,6 @@ class DenseMethod(Method):
         self.targets = targets
         self.pattern = compile_targets(targets)
 
-    def describe_targets(self) -> str:
-        return f"targets={self.targets!r}"
-
     def intercept(self, next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
         mod = context.module
         if not isinstance(mod, LAYERS) or context.method_name != "__call__":
@@ -123,13 +120,8 @@ class DenseMethod(Method):
         x = args[0] if args else kwargs.pop("inputs")
         return self.wrap(mod, path, x, lambda inputs: next_fun(inputs, *args[1:], **kwargs))
 
-    def check_attached(self) -> None:
-        if not self.matched:
-            raise MethodError(
-                f"{type(self).__name__} {self.describe_targets()} matched no module (methods "
-                f"attach to {LAYER_NAMES} layers). Available module paths of those types:"
-                f"{paths.shorten_list(sorted(self.candidates), 80)}"
-            )
+    def describe_targets(self) -> str:
+        return f"targets={self.targets!r} (of the {LAYER_NAMES} layers)"
 
     def wrap(self, mod: nn.Module, path: str, x: jax.Array, dense: Callable) -> jax.Array:
         """The matched layer's new output; ``dense(inputs)`` runs the original layer."""
