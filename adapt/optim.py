@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from adapt import paths
+from adapt.models import families
 
 # ----------------------------------------------------------------------------------- schedules
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "slanted_triangular")
@@ -81,19 +82,14 @@ def schedule(
 
 
 # ------------------------------------------------------------------------- layer-wise LR decay
-_LAYER = re.compile(r"(?:^|/)(?:layer|layers|h|blocks?)_(\d+)(?:/|$)")
-_EMBED = re.compile(r"(?:^|/)(?:embeddings|embed_tokens|patch_embed|wte|wpe)(?:/|$)")
-
-
 def layer_depth(path: str, num_layers: int) -> int:
     """0 for embeddings, ``i + 1`` inside layer ``i``, ``num_layers + 1`` above the last layer."""
-    m = _LAYER.search(path)
-    if m:
-        i = int(m.group(1))
+    i = families.layer_index(path)  # each family's record says how its blocks are named
+    if i is not None:
         if i >= num_layers:
             raise ValueError(f"{path}: layer {i} but the model has num_layers={num_layers}")
         return i + 1
-    if _EMBED.search(path):
+    if families.is_embedding(path):
         return 0
     return num_layers + 1
 

@@ -21,7 +21,7 @@ kernel's two dimensions, so tensor parallelism cannot split them along ``mlp``; 
 a layer's codes where the step dequantises them, as it gathers FSDP-sharded kernels.
 
 Activations get logical names too, in the model code (``nn.with_logical_constraint(x, ("batch",
-"length", "embed"))`` at LLaMA's layer boundaries, ``("batch", "length", "vocab")`` on its
+"length", "embed"))`` at a decoder's layer boundaries, ``("batch", "length", "vocab")`` on its
 logits). Outside :func:`activation_sharding` those are no-ops; inside it (the Trainer traces its
 step there) :func:`activation_rules` maps ``batch`` onto ``data`` followed by the parameter
 rules, so under FSDP every device computes on its own rows (``embed`` cannot also take ``data``:
@@ -42,6 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from adapt import paths
+from adapt.models import families
 from adapt.quant.nf4 import TAG as _NF4_TAG
 
 RULE_PRESETS: dict[str, list[tuple[str, str]]] = {
@@ -54,10 +55,10 @@ RULE_PRESETS: dict[str, list[tuple[str, str]]] = {
 # ``offset`` (a scalar) and ``shape`` (two ints) stay replicated.
 _NF4_FLAT = re.compile(rf".*{_NF4_TAG}(codes|absmax|absmax2)")
 
-# Projections whose output returns to the residual stream (row-parallel in Megatron terms).
-_ROW_PARALLEL = re.compile(
-    r".*(o_proj|down_proj|attention/output/dense|layer_\d+/output/dense|out_proj)(/[^/]+)?$"
-)
+# Projections whose output returns to the residual stream (row-parallel in Megatron terms): each
+# family's record names its own (adapt.models.families); ``out_proj`` is also Flax's own
+# nn.MultiHeadDotProductAttention's.
+_ROW_PARALLEL = families.row_parallel()
 
 
 def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[Any] | None = None) -> Mesh:
@@ -99,6 +100,7 @@ def logical_axes(path: str, shape: Sequence[int]) -> tuple[str | None, ...]:
             return ("vocab", "embed")
         if leaf == "kernel":
             return (inner, outer)
+        # LoRA's factors are its leaves "{name}_a" (in, r) and "{name}_b" (r, out) (methods.lora)
         if leaf.endswith("_a"):  # LoRA A: (in, r)
             return (inner, None)
         if leaf.endswith("_b"):  # LoRA B: (r, out)

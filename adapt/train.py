@@ -41,6 +41,7 @@ from jax.sharding import Mesh
 from adapt import partition, paths, sharding
 from adapt import remat as remat_lib
 from adapt.errors import AdaptError
+from adapt.quant import nf4
 
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, Any]]
@@ -270,7 +271,7 @@ def place_frozen(
     if dtype is not None:  # quantised leaves (NF4 statistics) keep their own dtypes
         frozen = paths.map_with_path(
             lambda p, x: (
-                x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and "_nf4_" not in p else x
+                x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and nf4.TAG not in p else x
             ),
             frozen,
         )

@@ -66,10 +66,13 @@ class Family:
 
 
 def _families() -> list[Family]:
-    # Imported lazily so that importing adapt.convert.hf does not import every model.
-    from adapt.convert import hf_bert, hf_llama, hf_vit
+    # The converters the family registry names, imported lazily: importing adapt.convert.hf
+    # imports no model, and hf_bert & co. (which import this module) need no import cycle.
+    import importlib
 
-    return [hf_bert.FAMILY, hf_vit.FAMILY, hf_llama.FAMILY]
+    from adapt.models import families
+
+    return [importlib.import_module(name).FAMILY for name in families.converters()]
 
 
 def family_for(model_type: str) -> Family:

@@ -1,4 +1,5 @@
-"""Karpathy's llama2.c checkpoints (legacy "version 0" ``.bin``) and SentencePiece tokenizers.
+"""Karpathy's llama2.c checkpoints (legacy "version 0" ``.bin``); their SentencePiece tokenizers
+are read by :class:`adapt.data.tokenizers.SentencePieceTokenizer` (re-exported here).
 
 The legacy export is a header of 7 little-endian int32 (``dim, hidden_dim, n_layers, n_heads,
 n_kv_heads, vocab_size, seq_len``; a negative ``vocab_size`` means an untied classifier follows)
@@ -21,11 +22,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from adapt import paths
+from adapt.data.tokenizers import SentencePieceTokenizer
 from adapt.errors import AdaptError
+from adapt.models.families import Loaded, ModelOptionError
 from adapt.models.llama import LlamaConfig, LlamaForCausalLM
 
 _HEADER_INTS = 7
@@ -176,30 +180,26 @@ def load_llama2c(
     return LlamaForCausalLM(config), params, config
 
 
-class SentencePieceTokenizer:
-    """A SentencePiece model (e.g. llama2.c's ``tok512.model``) with LLaMA's BOS/EOS handling."""
-
-    def __init__(self, model_file: str | os.PathLike):
-        import sentencepiece  # a runtime dependency; imported here so models load without it
-
-        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
-        self.vocab_size: int = self.sp.get_piece_size()
-        self.bos_id: int = self.sp.bos_id()
-        self.eos_id: int = self.sp.eos_id()
-
-    def encode(self, text: str, *, bos: bool = True, eos: bool = False) -> list[int]:
-        ids = self.sp.encode(text)
-        return [self.bos_id] * bos + ids + [self.eos_id] * eos
-
-    def decode(self, ids) -> str:
-        """Control tokens (BOS/EOS) decode to nothing."""
-        return self.sp.decode([int(i) for i in ids])
+def load_for_run(
+    path: str | os.PathLike,
+    *,
+    num_labels: int | None,
+    pooling: str | None,
+    overrides: dict[str, Any],
+    rng: jax.Array,
+) -> Loaded:
+    """``model.kind="llama2c"`` (the family registry's loader)."""
+    if pooling is not None:
+        raise ModelOptionError("model.pooling applies to classifiers; a llama2.c model has none")
+    module, params, config = load_llama2c(path, **overrides)
+    return Loaded(module, params, {}, config, "LlamaForCausalLM")
 
 
 __all__ = [
     "Llama2cFormatError",
     "SentencePieceTokenizer",
     "interleaved_to_half",
+    "load_for_run",
     "load_llama2c",
     "read_llama2c",
 ]

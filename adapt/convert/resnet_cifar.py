@@ -34,6 +34,7 @@ from adapt import paths
 from adapt.convert import mapping, torch_legacy
 from adapt.convert.mapping import CONV_OIHW_TO_HWIO, TRANSPOSE, Rule
 from adapt.convert.safetensors_io import SafetensorsReader
+from adapt.models.families import Loaded, ModelOptionError
 from adapt.models.resnet import ResNet, ResNetConfig, dummy_input, resnet20_cifar
 
 # akamaster trained on [0, 1] RGB normalised with the ImageNet statistics (not CIFAR-10's own).
@@ -248,6 +249,24 @@ def load_resnet20_cifar10(
     return load_resnet(path, config, new_head=config.num_classes != 10, rng=rng)
 
 
+def load_for_run(
+    path: str | os.PathLike,
+    *,
+    num_labels: int | None,
+    pooling: str | None,
+    overrides: dict[str, Any],
+    rng: jax.Array,
+) -> Loaded:
+    """``model.kind="resnet_cifar"`` (the family registry's loader)."""
+    if pooling is not None:
+        raise ModelOptionError("model.pooling: the ResNet pools globally (average) by design")
+    if num_labels is not None:
+        overrides = {**overrides, "num_classes": num_labels}
+    module, variables, config = load_resnet20_cifar10(path, rng=rng, **overrides)
+    state = {"batch_stats": variables["batch_stats"]}
+    return Loaded(module, variables["params"], state, config, None)
+
+
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
@@ -257,6 +276,7 @@ __all__ = [
     "export_state_dict",
     "import_state_dict",
     "load_resnet",
+    "load_for_run",
     "load_resnet20_cifar10",
     "normalize",
     "read_state_dict",

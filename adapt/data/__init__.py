@@ -4,7 +4,7 @@
 - :mod:`.tables`: reading csv/tsv/json/parquet through HF ``datasets``;
 - :mod:`.text`: text classification, tokenisation, bucketed dynamic padding;
 - :mod:`.images`: IDX/npz/TFDS images, preprocessing and augmentation per batch;
-- :mod:`.lm`: causal-LM packing and prompt/response loss masks;
+- :mod:`.lm`: causal-LM packing and prompt/response loss masks; :mod:`.tokenizers`: SentencePiece;
 - :mod:`.batching`: ``train_batches`` (forever, resumable at any step, per-process rows of the
   global batch) and ``eval_batches`` (every example once, ``weights`` on the filler).
 

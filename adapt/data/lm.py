@@ -27,7 +27,7 @@ response tokens and EOS. Unpacked (default) each example is one row, truncated t
 tokens and padded; examples left with no target after truncation are dropped (an error if none
 remain). ``pack=True`` packs them like documents.
 
-Tokenizers follow :class:`LMTokenizer` (``adapt.convert.llama2c.SentencePieceTokenizer`` does); a
+Tokenizers follow :class:`LMTokenizer` (``adapt.data.tokenizers.SentencePieceTokenizer`` does); a
 path to a SentencePiece ``.model`` file is loaded as one. Batching is
 :mod:`adapt.data.batching`'s, with no padding decisions (rows are already fixed-length).
 """
@@ -161,14 +161,14 @@ def split_documents(text: str, document_separator: str = "blank_line") -> list[s
 
 def as_lm_tokenizer(tokenizer: Any) -> LMTokenizer:
     if isinstance(tokenizer, str | os.PathLike):
-        from adapt.convert.llama2c import SentencePieceTokenizer
+        from adapt.data.tokenizers import SentencePieceTokenizer
 
         return SentencePieceTokenizer(require_path(tokenizer, "SentencePiece tokenizer model"))
     for attr in ("bos_id", "eos_id", "encode"):
         if not hasattr(tokenizer, attr):
             raise DataError(
                 f"the tokenizer lacks {attr!r}; pass an object like "
-                "adapt.convert.llama2c.SentencePieceTokenizer or a path to a .model file"
+                "adapt.data.tokenizers.SentencePieceTokenizer or a path to a .model file"
             )
     return tokenizer
 

@@ -230,7 +230,7 @@ _LM_PROMPT = ("prompt_column", "response_column", "template", "pack_examples", "
 
 
 def _load_lm(section: DataSection) -> Data:
-    from adapt.convert.llama2c import SentencePieceTokenizer
+    from adapt.data.tokenizers import SentencePieceTokenizer
 
     if section.tokenizer is None:
         raise ConfigError("data.tokenizer is required for kind 'lm' (a SentencePiece .model)")

@@ -1,11 +1,11 @@
 """From the ``model`` and ``method`` sections of a config to a model, its parameters, the methods
 attached to it and the partition stages that say what trains.
 
-One function per concern: :func:`load_model` (weights: Hugging Face directory, llama2.c file,
-the CIFAR ResNet-20 checkpoint, or a from-scratch init of the same architecture),
-:func:`forward_fn` (how a batch feeds each family), :func:`attach_methods` (method parameters
-and rules) and :func:`stages_for` (the rules of each training stage: one stage for most methods,
-several for gradual unfreezing and LP-FT).
+One function per concern: :func:`load_model` (weights: a Hugging Face or native directory,
+another format that a family's registry record loads, or a from-scratch init of the same
+architecture), :func:`forward_fn` (a batch fed as the family's record says),
+:func:`attach_methods` (method parameters and rules) and :func:`stages_for` (the rules of each
+training stage: one stage for most methods, several for gradual unfreezing and LP-FT).
 """
 
 from __future__ import annotations
@@ -21,14 +21,9 @@ import jax.numpy as jnp
 from adapt import partition, paths, weights
 from adapt.harness.config import ConfigError, MethodSection, ModelSection
 from adapt.methods import METHODS, base, build, recipes
+from adapt.models import families
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, None: None}
-HEADS = {  # default regex of each family's task head
-    "bert": r"(classifier|cls|lm_head)/.*",
-    "vit": r"classifier/.*",
-    "resnet": r"(linear|fc)/.*",
-    "llama": None,  # a causal LM keeps its pretrained output layer: no new head to train
-}
 RECIPES = ("full", "linear_probe", "logistic_regression", "bitfit", "partial",
            "gradual_unfreezing", "lp_ft", "scratch")  # fmt: skip
 # Recipes that take no training step: the head is fitted on cached features (adapt.harness.probing)
@@ -98,47 +93,33 @@ def load_model(cfg: ModelSection | Any, num_labels: int | None, rng: jax.Array) 
         )
         family = hf.family_for(hf.read_config(path)["model_type"]).name
         model_state: dict = {}
-    elif kind == "llama2c":
-        from adapt.convert.llama2c import load_llama2c
-
-        if cfg.pooling is not None:
-            raise ConfigError("model.pooling applies to classifiers; a llama2.c model has none")
-        module, params, config = load_llama2c(weights.resolve(cfg.path), **overrides)
-        family, architecture, model_state = "llama", "LlamaForCausalLM", {}
-    elif kind == "resnet_cifar":
-        from adapt.convert.resnet_cifar import load_resnet20_cifar10
-
-        if cfg.pooling is not None:
-            raise ConfigError("model.pooling: the ResNet pools globally (average) by design")
-        if num_labels is not None:
-            overrides["num_classes"] = num_labels
-        module, variables, config = load_resnet20_cifar10(
-            weights.resolve(cfg.path), rng=rng, **overrides
-        )
-        params = variables["params"]
-        model_state = {"batch_stats": variables["batch_stats"]}
-        family, architecture = "resnet", None
-    elif kind == "vit":
-        from adapt.models.vit import ViTConfig, ViTForImageClassification
-
-        if num_labels is not None:
-            overrides["num_labels"] = num_labels
+    else:  # another checkpoint format: the family that reads it says how
         try:
-            config = ViTConfig(**overrides)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model.config / model.pooling for kind 'vit': {e}") from None
-        module = ViTForImageClassification(config)
-        params, model_state = {}, {}
-        family, architecture, init = "vit", "ViTForImageClassification", "scratch"
-    else:
-        raise ConfigError(f"model.kind {kind!r} is not one of hf, llama2c, resnet_cifar, vit")
+            record, load = families.loader(kind)
+        except families.UnknownFamilyError as e:
+            raise ConfigError(str(e)) from None
+        overrides.pop("pooling", None)
+        try:
+            loaded = load(
+                weights.resolve(cfg.path) if cfg.path else None,
+                num_labels=num_labels,
+                pooling=cfg.pooling,
+                overrides=overrides,
+                rng=rng,
+            )
+        except families.ModelOptionError as e:
+            raise ConfigError(str(e)) from None
+        module, params, model_state = loaded.module, loaded.params, loaded.model_state
+        family, config, architecture = record.name, loaded.config, loaded.architecture
+        if loaded.scratch:
+            init = "scratch"
     model = Model(module, params, model_state, family, config, architecture)
     if init == "scratch":
         variables = jax.jit(lambda r: module.init(r, *dummy_inputs(model)))(rng)
         model.params = variables["params"]
         model.model_state = {k: v for k, v in variables.items() if k != "params"}
     elif cfg.new_head:
-        _reinitialise_head(model, cfg.head or HEADS[family], rng)
+        _reinitialise_head(model, cfg.head or families.get(family).head, rng)
     model.base_params = model.params
     return model
 
@@ -183,41 +164,19 @@ def _reinitialise_head(model: Model, pattern: str | None, rng: jax.Array) -> Non
 
 
 def dummy_inputs(model: Model) -> tuple:
-    if model.family in ("bert", "llama"):
-        return (jnp.ones((1, 8), jnp.int32),)
-    cfg = model.config
-    size = getattr(cfg, "image_size", 32)
-    size = size if isinstance(size, tuple | list) else (size, size)
-    channels = getattr(cfg, "num_channels", 3)
-    return (jnp.zeros((1, *size, channels), jnp.float32),)
+    """Positional arguments for ``module.init`` (parameter shapes never depend on them)."""
+    return families.get(model.family).example_inputs(model.config)
 
 
 def forward_fn(model: Model, train_batch_stats: bool = True) -> Callable:
     """``forward(params, model_state, batch, train, rng) -> (outputs, new_model_state)``."""
-    module, methods, family = model.module, model.methods, model.family
+    module, methods = model.module, model.methods
+    feed = families.get(model.family).feed  # how this family's module reads a batch
 
     def forward(params, model_state, batch, train, rng):
         rngs = {"dropout": rng} if train else {}
         variables = {"params": params, **model_state}
-        if family == "bert":
-            args = (batch["input_ids"],)
-            kwargs = {
-                "attention_mask": batch["attention_mask"],
-                "token_type_ids": batch.get("token_type_ids"),
-                "deterministic": not train,
-            }
-        elif family == "llama":
-            args = (batch["input_ids"],)
-            kwargs = {"attention_mask": batch["attention_mask"], "deterministic": not train}
-        elif family == "vit":
-            args, kwargs = (batch["pixel_values"],), {"deterministic": not train}
-        elif family == "resnet":
-            use_batch = train and train_batch_stats
-            args, kwargs = (batch["pixel_values"],), {"train": use_batch}
-            if use_batch:
-                kwargs["mutable"] = ["batch_stats"]
-        else:  # pragma: no cover - load_model only builds the families above
-            raise ConfigError(f"no forward for family {family!r}")
+        args, kwargs = feed(batch, train, train_batch_stats)
         with base.attached(methods):
             out = module.apply(variables, *args, rngs=rngs, **kwargs)
         if isinstance(out, tuple):  # (outputs, mutated collections)
@@ -255,7 +214,7 @@ def attach_methods(
 
 def head_pattern(model: Model, method_cfg: MethodSection | Any) -> str | None:
     """Regex of the task head's leaves (``method.head`` or the family default); None: no head."""
-    return MethodSection.parse_one(method_cfg, "method").head or HEADS[model.family]
+    return MethodSection.parse_one(method_cfg, "method").head or families.get(model.family).head
 
 
 def stages_for(model: Model, method_cfg: MethodSection | Any) -> list[partition.Rules]:
@@ -290,9 +249,9 @@ def stages_for(model: Model, method_cfg: MethodSection | Any) -> list[partition.
 
 
 def _num_layers(model: Model) -> int:
-    for attr in ("num_hidden_layers",):
-        if hasattr(model.config, attr):
-            return int(getattr(model.config, attr))
+    field_name = families.get(model.family).num_layers_field
+    if field_name and hasattr(model.config, field_name):
+        return int(getattr(model.config, field_name))
     raise ConfigError(
         f"gradual unfreezing needs a layered model; {model.family} has no layer count"
     )

@@ -22,8 +22,9 @@ from adapt.harness.config import (
     GroupSpec,
     RunConfig,
 )
+from adapt.models import families
 
-MODEL_KINDS = ("hf", "llama2c", "resnet_cifar", "vit")
+MODEL_KINDS = families.model_kinds()  # "hf" and the formats the family records load
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
@@ -145,7 +146,7 @@ def check_run(config: RunConfig) -> None:
     p.choice("model.dtype", m.dtype, DTYPE_NAMES)
     if m.frozen_dtype is not None:
         p.choice("model.frozen_dtype", m.frozen_dtype, DTYPE_NAMES)
-    if m.kind != "vit" and not m.path:
+    if families.needs_path(m.kind) and not m.path:
         p.append(f"model.path is required for model.kind {m.kind!r} (a local folder or name)")
     p.regex("model.head", m.head)
     if m.pooling is not None:

@@ -10,7 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from adapt.methods.adapters import BottleneckAdapter
-from adapt.methods.base import Method, MethodError, apply, init, merge_all, rules_for
+from adapt.methods.base import (
+    Method,
+    MethodError,
+    apply,
+    family_default,
+    init,
+    merge_all,
+    rules_for,
+)
 from adapt.methods.ia3 import IA3
 from adapt.methods.lora import LoRA
 from adapt.methods.prompts import (
@@ -20,25 +28,12 @@ from adapt.methods.prompts import (
     VirtualTokenPromptTuning,
 )
 from adapt.methods.qlora import QLoRA
+from adapt.models.families import FAMILIES
 
-# LoRA targets per family when none are given: the attention query and value projections
-# (Hu et al.'s default, and PEFT's for BERT and LLaMA).
-LORA_TARGETS = {
-    "bert": r".*attention/self/(query|value)",
-    "vit": r".*attention/attention/(query|value)",
-    "llama": r".*self_attn/(q_proj|v_proj)",
-}
-ALL_LINEAR = {  # QLoRA's recipe: every linear layer of the blocks
-    "bert": r".*layer_\d+/.*(query|key|value|dense)",
-    "vit": r".*layer_\d+/.*(query|key|value|dense)",
-    "llama": r".*layers_\d+/.*_proj",
-}
-
-
-def _family_default(table: dict, family: str, what: str) -> str:
-    if family not in table:
-        raise MethodError(f"no default {what} for family {family!r}; pass targets explicitly")
-    return table[family]
+# Each family's LoRA default (attention query and value: Hu et al.'s and PEFT's) and every linear
+# layer of its blocks (QLoRA's recipe), from the registry; kept as tables for library users.
+LORA_TARGETS = {n: f.lora_targets for n, f in FAMILIES.items() if f.lora_targets}
+ALL_LINEAR = {n: f.all_linear for n, f in FAMILIES.items() if f.all_linear}
 
 
 def option_names(name: str) -> list[str]:
@@ -82,11 +77,9 @@ def build(name: str, family: str, **options: Any) -> Method:
 
 def _build(name: str, family: str, **options: Any) -> Method:
     if name in ("lora", "rslora", "dora"):
-        targets = options.pop("targets", None) or _family_default(
-            LORA_TARGETS, family, "LoRA targets"
-        )
+        targets = options.pop("targets", None) or family_default(family, "lora_targets")
         if targets == "all_linear":
-            targets = _family_default(ALL_LINEAR, family, "linear layers")
+            targets = family_default(family, "all_linear")
         return LoRA(
             targets,
             rslora=name == "rslora" or options.pop("rslora", False),
@@ -110,7 +103,7 @@ def _build(name: str, family: str, **options: Any) -> Method:
     if name == "qlora":  # QLoRA's recipe: NF4 base and adapters on every linear layer
         targets = options.pop("targets", None) or "all_linear"
         if targets == "all_linear":
-            targets = _family_default(ALL_LINEAR, family, "linear layers")
+            targets = family_default(family, "all_linear")
         return QLoRA(targets, **options)
     raise MethodError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
 

@@ -14,15 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from adapt.methods.base import DenseMethod, MethodError, Rules
+from adapt.methods.base import DenseMethod, MethodError, Rules, family_default
 from adapt.models.layers import activation
-
-# (attention output projection, FFN output projection) per family.
-SITES = {
-    "bert": (r".*layer_\d+/attention/output/dense", r".*layer_\d+/output/dense"),
-    "vit": (r".*layer_\d+/attention/output/dense", r".*layer_\d+/output/dense"),
-    "llama": (r".*self_attn/o_proj", r".*mlp/down_proj"),
-}
 
 
 class BottleneckAdapter(DenseMethod):
@@ -45,12 +38,14 @@ class BottleneckAdapter(DenseMethod):
 
     @classmethod
     def houlsby(cls, family: str, **kwargs: Any) -> BottleneckAdapter:
-        attn, ffn = SITES[family]
+        """After the attention and the FFN output projections (the registry's ``adapters``)."""
+        attn, ffn = family_default(family, "adapters")
         return cls(f"{attn}|{ffn}", **kwargs)
 
     @classmethod
     def pfeiffer(cls, family: str, **kwargs: Any) -> BottleneckAdapter:
-        return cls(SITES[family][1], **kwargs)
+        """After the FFN output projection only."""
+        return cls(family_default(family, "adapters")[1], **kwargs)
 
     def rules(self) -> Rules:
         return [(r".*/adapter_(down|up)_(kernel|bias)", self.name)]

@@ -33,12 +33,23 @@ import jax
 from adapt import paths
 from adapt.errors import AdaptError
 from adapt.methods.layers import LAYER_NAMES, LAYERS
+from adapt.models import families
 
 Rules = list[tuple[str, str | None]]
 
 
 class MethodError(AdaptError, ValueError):
     """A method was configured in a way that cannot work on this model."""
+
+
+def family_default(family: str, what: str) -> Any:
+    """A family's default targets for a method (``"lora_targets"``, ``"ia3"``, ...), read from
+    its registry record, or a :class:`MethodError` saying to pass targets explicitly."""
+    try:
+        return families.get(family).default(what)
+    except families.UnknownFamilyError as e:
+        message = str(e) if "explicitly" in str(e) else f"{e}; pass targets explicitly"
+        raise MethodError(message) from None
 
 
 def module_path(context: Any) -> str:

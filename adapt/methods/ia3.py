@@ -15,16 +15,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from adapt import paths
-from adapt.methods.base import DenseMethod, MethodError, Rules, compile_targets
-
-# Presets mirroring PEFT's defaults per family: (targets, feed-forward targets). PEFT matches
-# "output.dense" as a suffix, so for BERT/ViT it also scales the *input* of the attention output
-# projection; we do the same so that adapters exported to PEFT compute the same function.
-PRESETS = {
-    "bert": (r".*attention/self/(key|value)|.*output/dense", r".*output/dense"),
-    "vit": (r".*attention/attention/(key|value)|.*output/dense", r".*output/dense"),
-    "llama": (r".*self_attn/(k_proj|v_proj)|.*mlp/down_proj", r".*mlp/down_proj"),
-}
+from adapt.methods.base import (
+    DenseMethod,
+    MethodError,
+    Rules,
+    compile_targets,
+    family_default,
+)
 
 
 class IA3(DenseMethod):
@@ -44,7 +41,11 @@ class IA3(DenseMethod):
 
     @classmethod
     def preset(cls, family: str, **kwargs: Any) -> IA3:
-        targets, ff = PRESETS[family]
+        """PEFT's default targets for ``family`` (its registry record's ``ia3``). PEFT matches
+        ``output.dense`` as a suffix, so on encoders it also scales the *input* of the attention
+        output projection; the presets do the same so that exported adapters compute the same
+        function."""
+        targets, ff = family_default(family, "ia3")
         return cls(targets, ff, **kwargs)
 
     def rules(self) -> Rules:

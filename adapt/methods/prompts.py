@@ -34,7 +34,6 @@ import jax.numpy as jnp
 
 from adapt import paths
 from adapt.methods.base import Method, MethodError, Rules, module_path
-from adapt.models.bert import BertEmbeddings
 from adapt.models.layers import dot_product_attention
 
 _LAYER = re.compile(r"(?:layer|layers)_(\d+)")
@@ -113,7 +112,7 @@ class VirtualTokenPromptTuning(PromptTuning):
     and imported from PEFT there (:mod:`adapt.peft_format`)."""
 
     def describe_targets(self) -> str:
-        return "(BERT-style embeddings: word embeddings of virtual tokens)"
+        return "(embeddings marked virtual_token_site: word embeddings of virtual tokens)"
 
     def intercept(self, next_fun, args, kwargs, context):
         mod = context.module
@@ -123,7 +122,9 @@ class VirtualTokenPromptTuning(PromptTuning):
                 ones = jnp.ones((mask.shape[0], self.num_tokens), mask.dtype)
                 mask = jnp.concatenate([ones, mask], 1)
             return embeddings, mask
-        if context.method_name != "__call__" or not isinstance(mod, BertEmbeddings):
+        # The site is marked by the model (an embeddings module taking input, token-type and
+        # position ids before its LayerNorm), so this method names no model family.
+        if context.method_name != "__call__" or not getattr(mod, "virtual_token_site", False):
             return next_fun(*args, **kwargs)
         scope = module_path(context)
         self.matched.add(scope)

@@ -16,7 +16,7 @@ Two extension points are explicit no-op methods, so methods can intercept them b
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -141,6 +141,9 @@ class BertEmbeddings(nn.Module):
     """word + position + token-type embeddings, then LayerNorm and dropout (HF order)."""
 
     config: BertConfig
+    # Called as (input_ids, token_type_ids, position_ids, deterministic) with word_embeddings and
+    # config.position_offset: where PEFT-style virtual tokens enter (methods.prompts).
+    virtual_token_site: ClassVar[bool] = True
 
     def setup(self) -> None:
         cfg = self.config

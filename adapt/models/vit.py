@@ -32,6 +32,7 @@ from adapt import paths
 from adapt.models import layers
 from adapt.models.affine import Dense, LayerNorm
 from adapt.models.dropout import Dropout
+from adapt.models.families import Loaded, ModelOptionError
 
 Array = jax.Array
 POOLINGS = ("cls", "gap")
@@ -380,10 +381,34 @@ class ViTForImageClassification(nn.Module):
         return result
 
 
+def scratch_for_run(
+    path: Any,
+    *,
+    num_labels: int | None,
+    pooling: str | None,
+    overrides: dict[str, Any],
+    rng: jax.Array,
+) -> Loaded:
+    """``model.kind="vit"``: a ViT classifier of the config in ``model.config``, to be initialised
+    from scratch (the family registry's loader; there are no weights to read)."""
+    overrides = dict(overrides)
+    if num_labels is not None:
+        overrides["num_labels"] = num_labels
+    if pooling is not None:
+        overrides["pooling"] = pooling
+    try:
+        config = ViTConfig(**overrides)
+    except (TypeError, ValueError) as e:
+        raise ModelOptionError(f"model.config / model.pooling for kind 'vit': {e}") from None
+    module = ViTForImageClassification(config)
+    return Loaded(module, {}, {}, config, "ViTForImageClassification", scratch=True)
+
+
 __all__ = [
     "ViTConfig",
     "ViTForImageClassification",
     "ViTModel",
     "interpolate_position_embeddings",
     "resize_position_embeddings",
+    "scratch_for_run",
 ]

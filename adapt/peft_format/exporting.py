@@ -25,6 +25,7 @@ from adapt.methods.base import Method
 from adapt.methods.ia3 import IA3
 from adapt.methods.lora import LoRA
 from adapt.methods.prompts import PromptTuning, VirtualTokenPromptTuning
+from adapt.models import families
 from adapt.peft_format.names import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -212,17 +213,22 @@ def _export_prompt(
     method: PromptTuning, flat: dict, model: ModelInfo, config: Any
 ) -> tuple[dict, dict]:
     family = model.family.name
-    if family not in ("bert", "llama"):
+    site = families.get(family).peft_prompt  # where PEFT's prompt enters this family's model
+    if site is None:
         raise AdapterFormatError(f"prompt tuning export is not supported for {family} models")
-    if family == "bert" and not isinstance(method, VirtualTokenPromptTuning):
+    virtual = isinstance(method, VirtualTokenPromptTuning)
+    if site == "virtual_tokens" and not virtual:
         raise AdapterFormatError(
-            "PromptTuning on BERT prepends after the embedding LayerNorm and keeps the real "
-            "tokens' positions; PEFT's prompt tuning prepends virtual word embeddings before "
-            "position embeddings and LayerNorm, so PEFT would compute a different function. "
-            "Train with adapt.methods.VirtualTokenPromptTuning to export to PEFT."
+            f"PromptTuning on {family} models prepends after the embedding LayerNorm and keeps "
+            "the real tokens' positions; PEFT's prompt tuning prepends virtual word embeddings "
+            "before position embeddings and LayerNorm, so PEFT would compute a different "
+            "function. Train with adapt.methods.VirtualTokenPromptTuning to export to PEFT."
         )
-    if family == "llama" and isinstance(method, VirtualTokenPromptTuning):
-        raise AdapterFormatError("VirtualTokenPromptTuning is for BERT; use PromptTuning on LLaMA")
+    if site == "inputs" and virtual:
+        raise AdapterFormatError(
+            f"PEFT prepends the prompt to {family} models' input embeddings: train with "
+            "PromptTuning, not VirtualTokenPromptTuning"
+        )
     found = [p for p in flat if p.rsplit("/", 1)[-1] == "prompt_embeddings"]
     if len(found) != 1:
         raise AdapterFormatError(f"expected one prompt_embeddings leaf in params, found {found}")

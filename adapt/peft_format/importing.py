@@ -26,6 +26,7 @@ from adapt.methods.base import Method, init
 from adapt.methods.ia3 import IA3
 from adapt.methods.lora import LoRA
 from adapt.methods.prompts import PromptTuning, VirtualTokenPromptTuning
+from adapt.models import families
 from adapt.peft_format.config import peft_feedforward, peft_targets, read_config, saved_by_peft
 from adapt.peft_format.names import (
     WEIGHTS_NAME,
@@ -198,11 +199,11 @@ def _convert(cfg: dict, reader: SafetensorsReader, keys: _Keys, where: str) -> t
         )
     elif peft_type == "IA3":
         method = IA3(targets, _exact(hf_dense[m] for m in ff_modules) if ff_modules else None)
-    elif model.family.name in ("bert", "llama"):
+    elif (site := families.get(model.family.name).peft_prompt) is not None:
         num = cfg.get("num_virtual_tokens")
         if not isinstance(num, int) or num <= 0:
             raise AdapterFormatError(f"{where}: num_virtual_tokens={num!r} is not a positive int")
-        method = (VirtualTokenPromptTuning if model.family.name == "bert" else PromptTuning)(num)
+        method = (VirtualTokenPromptTuning if site == "virtual_tokens" else PromptTuning)(num)
     else:
         raise AdapterFormatError(f"{where}: prompt tuning is not supported for {model.family.name}")
     # The leaves the method creates on this model, by the model itself (abstractly).
