@@ -51,13 +51,27 @@ _DIRECT = (
 )
 
 
-def _default_rope(value: Any) -> bool:
+def default_rope(value: Any) -> bool:
+    """Whether ``rope_parameters`` asks for plain RoPE (no scaling): all adapt implements."""
     return (
         value is None
         or isinstance(value, dict)
         and value.get("rope_type", value.get("type", "default")) == "default"
         and set(value) <= {"rope_type", "type", "rope_theta"}
     )
+
+
+def rope_theta_of(hf: dict, family: str) -> float | None:
+    """The RoPE theta of a config that passed :func:`default_rope` (transformers 5's
+    ``rope_parameters.rope_theta`` or the older top-level ``rope_theta``; None: neither)."""
+    rope = hf.get("rope_parameters") or {}
+    if "rope_theta" in rope and "rope_theta" in hf and rope["rope_theta"] != hf["rope_theta"]:
+        raise UnsupportedConfigError(
+            f"{family} config gives two RoPE thetas: rope_theta={hf['rope_theta']!r} and "
+            f"rope_parameters.rope_theta={rope['rope_theta']!r}"
+        )
+    theta = rope.get("rope_theta", hf.get("rope_theta"))
+    return None if theta is None else float(theta)
 
 
 def config_from_hf(hf: Any, **overrides: Any) -> LlamaConfig:
@@ -68,18 +82,12 @@ def config_from_hf(hf: Any, **overrides: Any) -> LlamaConfig:
         "llama",
         implemented=(*_DIRECT, "rope_theta"),
         required={"pretraining_tp": 1, "attention_dropout": 0.0, "rope_scaling": None},
-        allowed={"hidden_act": {"silu"}, "rope_parameters": _default_rope},
+        allowed={"hidden_act": {"silu"}, "rope_parameters": default_rope},
     )
-    rope = hf.get("rope_parameters") or {}
-    if "rope_theta" in rope and "rope_theta" in hf and rope["rope_theta"] != hf["rope_theta"]:
-        raise UnsupportedConfigError(
-            f"llama config gives two RoPE thetas: rope_theta={hf['rope_theta']!r} and "
-            f"rope_parameters.rope_theta={rope['rope_theta']!r}"
-        )
     kwargs = {k: hf[k] for k in _DIRECT if k in hf}
-    theta = rope.get("rope_theta", hf.get("rope_theta"))
+    theta = rope_theta_of(hf, "llama")
     if theta is not None:
-        kwargs["rope_theta"] = float(theta)
+        kwargs["rope_theta"] = theta
     kwargs.update(overrides)
     names = {f.name for f in dataclasses.fields(LlamaConfig)}
     unknown = sorted(set(kwargs) - names)
@@ -120,10 +128,12 @@ def dummy_inputs(config: LlamaConfig, architecture: str) -> tuple:
 def table(config: LlamaConfig, architecture: str, hf_keys: Sequence[str] | None) -> list[Rule]:
     """Our ``LlamaForCausalLM`` lives under ``model/`` like HF's; our bare ``LlamaModel`` has no
     prefix, like HF's. On import either checkpoint kind feeds either architecture (the HF prefix
-    is taken from the checkpoint's keys)."""
-    ours = "model/" if architecture == "LlamaForCausalLM" else ""
+    is taken from the checkpoint's keys). Variants with LLaMA's layout (Qwen2) share the table:
+    bias rules match only the projections that have biases."""
+    causal = architecture.endswith("ForCausalLM")
+    ours = "model/" if causal else ""
     if hf_keys is None:
-        hf = "model." if architecture == "LlamaForCausalLM" else ""
+        hf = "model." if causal else ""
     else:
         hf = "model." if any(k.startswith("model.") for k in hf_keys) else ""
     layer, hf_layer = f"{ours}layers_{{i}}/", f"{hf}layers.{{i}}."

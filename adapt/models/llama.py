@@ -94,6 +94,15 @@ class LlamaConfig:
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
 
+    def projection_bias(self, name: str) -> bool:
+        """Whether projection ``name`` (``q_proj`` ... ``down_proj``) has a bias: the attention
+        ones follow ``attention_bias``, the MLP ones ``mlp_bias``. A variant with another layout
+        (Qwen2: q/k/v only) overrides this in its config class and reuses the model unchanged."""
+        return self.mlp_bias if name in _MLP_PROJECTIONS else self.attention_bias
+
+
+_MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = None) -> Cache:
     """An empty KV cache: ``{"index": (), "mask": (B, L) bool, "layers": ({"key", "value"}, ...)}``.
@@ -145,10 +154,10 @@ class LlamaRMSNorm(nn.Module):
         return (scale.astype(cfg.dtype) * xf.astype(cfg.dtype)).astype(cfg.dtype)
 
 
-def _dense(cfg: LlamaConfig, features: int, bias: bool, name: str) -> Dense:
+def _dense(cfg: LlamaConfig, features: int, name: str) -> Dense:
     return Dense(
         features,
-        use_bias=bias,
+        use_bias=name != "lm_head" and cfg.projection_bias(name),
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
         kernel_init=nn.initializers.normal(cfg.initializer_range),
@@ -190,9 +199,9 @@ class LlamaAttention(nn.Module):
         cfg = self.config
         b, t, _ = x.shape
         heads, kv_heads, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        q = _dense(cfg, heads * d, cfg.attention_bias, "q_proj")(x).reshape(b, t, heads, d)
-        k = _dense(cfg, kv_heads * d, cfg.attention_bias, "k_proj")(x).reshape(b, t, kv_heads, d)
-        v = _dense(cfg, kv_heads * d, cfg.attention_bias, "v_proj")(x).reshape(b, t, kv_heads, d)
+        q = _dense(cfg, heads * d, "q_proj")(x).reshape(b, t, heads, d)
+        k = _dense(cfg, kv_heads * d, "k_proj")(x).reshape(b, t, kv_heads, d)
+        v = _dense(cfg, kv_heads * d, "v_proj")(x).reshape(b, t, kv_heads, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         new_cache = None
@@ -215,7 +224,7 @@ class LlamaAttention(nn.Module):
             causal = jnp.concatenate([jnp.ones((t, extra), bool), causal], axis=1)
         mask = key_mask.astype(bool)[:, None, None, :] & causal[None, None]
         out = self.sdpa(q, k, v, mask).reshape(b, t, heads * d)
-        return _dense(cfg, cfg.hidden_size, cfg.attention_bias, "o_proj")(out), new_cache
+        return _dense(cfg, cfg.hidden_size, "o_proj")(out), new_cache
 
 
 class LlamaMLP(nn.Module):
@@ -226,10 +235,10 @@ class LlamaMLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        gate = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "gate_proj")(x)
-        up = _dense(cfg, cfg.intermediate_size, cfg.mlp_bias, "up_proj")(x)
+        gate = _dense(cfg, cfg.intermediate_size, "gate_proj")(x)
+        up = _dense(cfg, cfg.intermediate_size, "up_proj")(x)
         hidden = _constrain(activation(cfg.hidden_act)(gate) * up, ("batch", "length", "mlp"))
-        return _dense(cfg, cfg.hidden_size, cfg.mlp_bias, "down_proj")(hidden)
+        return _dense(cfg, cfg.hidden_size, "down_proj")(hidden)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -341,7 +350,7 @@ class LlamaForCausalLM(nn.Module):
     def setup(self):
         self.model = LlamaModel(self.config, self.remat)
         if not self.config.tie_word_embeddings:
-            self.lm_head = _dense(self.config, self.config.vocab_size, False, "lm_head")
+            self.lm_head = _dense(self.config, self.config.vocab_size, "lm_head")
 
     @nn.nowrap
     def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> Cache:
