@@ -14,7 +14,7 @@ import pytest
 from adapt import optim, paths, sharding
 from adapt.convert import hf
 from adapt.methods import MethodError, build
-from adapt.models import bert, families, llama, resnet, vit
+from adapt.models import bert, families, llama, qwen2, resnet, vit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +44,10 @@ TINY = {  # each family's models (a pattern must match in one of them: out_proj 
                           num_attention_heads=4, num_key_value_heads=2)
     )],
     "resnet": [lambda: resnet.ResNet(resnet.resnet20_cifar(num_classes=3))],
+    "qwen2": [lambda: qwen2.Qwen2ForCausalLM(
+        qwen2.Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2)
+    )],
 }  # fmt: skip
 
 

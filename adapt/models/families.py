@@ -18,6 +18,7 @@ named by module path and imported when used, so this module imports no model and
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -222,6 +223,11 @@ FAMILIES: dict[str, ModelFamily] = {
         ),
     )
 }
+
+# Qwen2 / Qwen2.5: LLaMA's module names and layout (q/k/v biases aside), so LLaMA's defaults hold.
+FAMILIES["qwen2"] = dataclasses.replace(
+    FAMILIES["llama"], name="qwen2", converter="adapt.convert.hf_qwen2", loaders={}
+)
 
 # Block and embedding names of other codebases (GPT-2's h_3 and wte, timm's blocks_3), so LLRD
 # and gradual unfreezing also layer a user's own model the usual way.
