@@ -61,6 +61,21 @@ def default_rope(value: Any) -> bool:
     )
 
 
+def decoder_config(cls: type, hf: dict, direct: Sequence[str], family: str, overrides: dict) -> Any:
+    """``cls`` (LlamaConfig or a variant's subclass) from a checked ``config.json`` dict: the
+    ``direct`` fields copied, the RoPE theta read, ``overrides`` applied; an override that is
+    not a field of ``cls`` is a TypeError naming it."""
+    kwargs = {k: hf[k] for k in direct if k in hf}
+    theta = rope_theta_of(hf, family)
+    if theta is not None:
+        kwargs["rope_theta"] = theta
+    kwargs.update(overrides)
+    unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
+    return cls(**kwargs)
+
+
 def rope_theta_of(hf: dict, family: str) -> float | None:
     """The RoPE theta of a config that passed :func:`default_rope` (transformers 5's
     ``rope_parameters.rope_theta`` or the older top-level ``rope_theta``; None: neither)."""
@@ -84,16 +99,7 @@ def config_from_hf(hf: Any, **overrides: Any) -> LlamaConfig:
         required={"pretraining_tp": 1, "attention_dropout": 0.0, "rope_scaling": None},
         allowed={"hidden_act": {"silu"}, "rope_parameters": default_rope},
     )
-    kwargs = {k: hf[k] for k in _DIRECT if k in hf}
-    theta = rope_theta_of(hf, "llama")
-    if theta is not None:
-        kwargs["rope_theta"] = theta
-    kwargs.update(overrides)
-    names = {f.name for f in dataclasses.fields(LlamaConfig)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise TypeError(f"LlamaConfig has no field(s) {unknown}")
-    return LlamaConfig(**kwargs)
+    return decoder_config(LlamaConfig, hf, _DIRECT, "llama", overrides)
 
 
 def config_to_hf(config: LlamaConfig, architecture: str) -> dict:

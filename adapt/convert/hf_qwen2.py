@@ -9,14 +9,13 @@ with it off (every released checkpoint) they are accepted and not used, as trans
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
 
 from adapt.convert.hf import Family
 from adapt.convert.hf_config import UnsupportedConfigError, as_dict, check_fields
-from adapt.convert.hf_llama import default_rope, rope_theta_of, table
+from adapt.convert.hf_llama import decoder_config, default_rope, table
 from adapt.models.qwen2 import Qwen2Config, Qwen2ForCausalLM, Qwen2Model
 
 ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2Model")
@@ -59,16 +58,7 @@ def config_from_hf(hf: Any, **overrides: Any) -> Qwen2Config:
             "rope_parameters": default_rope,
         },
     )
-    kwargs = {k: hf[k] for k in _DIRECT if k in hf}
-    theta = rope_theta_of(hf, "qwen2")
-    if theta is not None:
-        kwargs["rope_theta"] = theta
-    kwargs.update(overrides)
-    names = {f.name for f in dataclasses.fields(Qwen2Config)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise TypeError(f"Qwen2Config has no field(s) {unknown}")
-    return Qwen2Config(**kwargs)
+    return decoder_config(Qwen2Config, hf, _DIRECT, "qwen2", overrides)
 
 
 def config_to_hf(config: Qwen2Config, architecture: str) -> dict:
