@@ -14,8 +14,11 @@ Flax. ``dir(adapt)`` lists them:
   ``wise_ft`` (weight interpolation);
 - regularisers for your loss: ``diagonal_fisher``, ``ewc_penalty``, ``l2sp_penalty``;
 - probes: ``extract_features``, ``fit_logistic_regression``;
-- the step and the optimizer: ``train_step_fn``, ``jit_train_step``, ``build_optimizer``
-  (``optax.multi_transform`` per label, schedules, layer-wise decay);
+- the step and the optimizer: ``train_step`` and ``init_state`` (the one step every loop runs:
+  accumulation, penalties, non-finite guard), ``train_step_fn`` / ``jit_train_step`` (its older
+  signature), ``build_optimizer`` (``optax.multi_transform`` per label, schedules, layer-wise
+  decay);
+- tasks: ``tasks`` (classification, regression, causal LM objects: loss, metrics);
 - weights: ``load_pretrained`` / ``save_pretrained`` (Hugging Face), ``load_native`` /
   ``save_native``, ``resolve_weights`` (local path, packaged model or hub name);
 - whole runs: ``run`` (a config -> a finished workdir), ``evaluate_workdir``;
@@ -54,6 +57,8 @@ _NAMES = {
     "l2sp_penalty": "adapt.methods.regularizers",
     "extract_features": "adapt.methods.probe",
     "fit_logistic_regression": "adapt.methods.probe",
+    "train_step": "adapt.step",
+    "init_state": "adapt.step",
     "train_step_fn": "adapt.step",
     "jit_train_step": "adapt.step",
     "load_pretrained": "adapt.convert.hf",
@@ -68,6 +73,7 @@ _RENAMED = {
     "resolve_weights": ("adapt.weights", "resolve"),
 }
 _MODULES = ("partition", "optim", "sharding", "paths", "weights", "methods", "models", "convert",
+            "tasks",
             "data")  # fmt: skip
 
 __all__ = sorted([*_NAMES, *_RENAMED, *_MODULES])

@@ -1,30 +1,22 @@
 """The sharded, jitted train step and the state it carries.
 
-One :class:`Trainer` serves every model, method and mesh:
+One :class:`Trainer` serves every model, method and mesh. The step itself is
+:func:`adapt.step.train_step` (state, frozen base, batch, penalty inputs; accumulation,
+regulariser, non-finite guard: see there); the Trainer adds what a mesh needs:
 
-- the state is ``{"step", "trainable", "opt_state", "model_state", "rng"}``; the frozen base is
-  a separate argument, never differentiated and never donated, so gradients and optimizer state
-  exist only for trainable leaves;
 - parameters and optimizer state are *born sharded*: shapes come from ``jax.eval_shape`` and the
   init runs under ``jax.jit`` with ``out_shardings`` from :mod:`adapt.sharding`, so no device
   ever holds an unsharded copy;
-- one ``jax.jit`` step with in/out shardings and donation of the state; gradient accumulation
-  over micro-batches with ``lax.scan``;
+- one ``jax.jit`` of the step with in/out shardings and donation of the state;
 - the step is traced inside :func:`adapt.sharding.activation_sharding` (the models' logical
   activation constraints pin the batch to ``data``, so FSDP does not compute for the global
   batch on every device) and :func:`adapt.remat.scope` (``remat`` checkpoints each decoder
-  layer of a model that has the hook, LLaMA; see :mod:`adapt.remat` for why not the whole loss);
-- a non-finite loss, gradient or updated weight (a NaN learning rate gives finite gradients and
-  NaN weights) leaves the state untouched and is reported, so the loop can stop with the last
-  good checkpoint intact and nothing non-finite is ever checkpointed;
-- gradient accumulation is exact for token-weighted losses: a loss that is a mean over a varying
-  number of items (the causal-LM loss over target tokens) reports that number as
-  ``metrics[LOSS_WEIGHT]``, and micro-batches are weighted by it, so ``grad_accum=4`` gives the
-  loss and gradients of the whole batch at once (not a mean of per-micro-batch means).
+  layer of a model that has the hook; see :mod:`adapt.remat` for why not the whole loss);
+- a regulariser's inputs (``penalty_inputs``: EWC's anchor and Fisher) are placed on the mesh
+  like the leaves they mirror and passed to every step as their own argument.
 
-``loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))`` where
-``params`` is the merged (trainable + frozen) tree and ``model_state`` holds non-parameter
-collections such as BatchNorm statistics (``{}`` when there are none).
+``loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))`` as in
+:mod:`adapt.step`.
 """
 
 from __future__ import annotations
@@ -38,29 +30,21 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from adapt import partition, paths, sharding
+from adapt import paths, sharding
 from adapt import remat as remat_lib
+from adapt import step as step_lib
 from adapt.errors import AdaptError
 from adapt.quant import nf4
+from adapt.step import LOSS_WEIGHT  # noqa: F401 - adapt.train.LOSS_WEIGHT, as before
 
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, Any]]
 
 REMAT_POLICIES = remat_lib.POLICIES  # the names Trainer(remat=...) accepts
-LOSS_WEIGHT = "loss_weight"  # metrics key: how many items the loss averages (module docstring)
 
 
 class NonFiniteLossError(AdaptError, FloatingPointError):
     """The loss or gradients became NaN/inf; the state was not updated."""
-
-
-def _tree_all_finite(tree: PyTree) -> jax.Array:
-    leaves = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(x.dtype, jnp.inexact)
-    ]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def _key_name(key: Any) -> str:
@@ -103,13 +87,23 @@ class Trainer:
         grad_accum: int = 1,
         remat: str = "none",
         data_axis: str = "data",
+        penalty: step_lib.Penalty | None = None,
+        penalty_inputs: PyTree = None,
     ) -> None:
-        if grad_accum < 1:
-            raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
         remat_lib.check(remat)
         self.loss_fn, self.tx, self.mesh, self.rules = loss_fn, tx, mesh, list(rules)
         self.grad_accum, self.remat, self.data_axis = grad_accum, remat, data_axis
+        self.penalty, self.penalty_inputs = penalty, penalty_inputs
+        self._core = step_lib.train_step(loss_fn, tx, grad_accum=grad_accum, penalty=penalty)
         self._step = None
+
+    def with_penalty(self, penalty: step_lib.Penalty, inputs: PyTree) -> Trainer:
+        """This trainer with ``penalty(params, inputs)`` added to its loss; ``inputs`` are
+        placed as given (put them on the mesh first, e.g. with :func:`place_frozen`)."""
+        return Trainer(
+            self.loss_fn, self.tx, self.mesh, self.rules, grad_accum=self.grad_accum,
+            remat=self.remat, data_axis=self.data_axis, penalty=penalty, penalty_inputs=inputs,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------ shardings
     def param_shardings(self, tree: PyTree) -> PyTree:
@@ -137,13 +131,7 @@ class Trainer:
         trainable = jax.device_put(trainable, self.param_shardings(trainable))
 
         def make(trainable, model_state, rng):
-            return {
-                "step": jnp.zeros((), jnp.int32),
-                "trainable": trainable,
-                "opt_state": self.tx.init(trainable),
-                "model_state": model_state,
-                "rng": rng,
-            }
+            return step_lib.init_state(trainable, self.tx, model_state, rng)
 
         abstract = jax.eval_shape(make, trainable, model_state, rng)
         out_sh = self.state_shardings(abstract)
@@ -153,13 +141,7 @@ class Trainer:
         """``jax.ShapeDtypeStruct``s with shardings: what a checkpoint restores into."""
 
         def make(trainable, model_state, rng):
-            return {
-                "step": jnp.zeros((), jnp.int32),
-                "trainable": trainable,
-                "opt_state": self.tx.init(trainable),
-                "model_state": model_state,
-                "rng": rng,
-            }
+            return step_lib.init_state(trainable, self.tx, model_state, rng)
 
         abstract = jax.eval_shape(make, trainable, model_state, rng)
         shardings = self.state_shardings(abstract)
@@ -168,89 +150,32 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------------------------- step
-    def _grads(self, trainable, frozen, model_state, batch, rng):
-        def objective(tr, ms, micro, key):
-            params = partition.merge(tr, frozen)
-            loss, (metrics, new_ms) = self.loss_fn(params, ms, micro, key)
-            return loss, (metrics, new_ms)
-
-        grad_fn = jax.value_and_grad(objective, has_aux=True)
-        if self.grad_accum == 1:
-            (loss, (metrics, new_ms)), grads = grad_fn(trainable, model_state, batch, rng)
-            metrics.pop(LOSS_WEIGHT, None)
-            return loss, metrics, new_ms, grads
-
-        def split(x):
-            if x.shape[0] % self.grad_accum:
-                raise ValueError(
-                    f"batch of {x.shape[0]} does not split into {self.grad_accum} micro-batches"
-                )
-            return x.reshape(self.grad_accum, x.shape[0] // self.grad_accum, *x.shape[1:])
-
-        micro = jax.tree.map(split, batch)
-
-        def body(carry, inputs):
-            ms, acc_grads, acc_loss, acc_weight = carry
-            mb, i = inputs
-            (loss, (metrics, ms)), grads = grad_fn(trainable, ms, mb, jax.random.fold_in(rng, i))
-            weight = jnp.asarray(metrics.pop(LOSS_WEIGHT, 1.0), jnp.float32)
-            acc_grads = jax.tree.map(lambda a, g: a + weight * g, acc_grads, grads)
-            return (ms, acc_grads, acc_loss + weight * loss, acc_weight + weight), metrics
-
-        zeros = jax.tree.map(jnp.zeros_like, trainable)
-        start = (model_state, zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (new_ms, grads, loss, weight), metrics = jax.lax.scan(
-            body, start, (micro, jnp.arange(self.grad_accum))
-        )
-        scale = 1.0 / jnp.maximum(weight, 1e-30)
-        grads = jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
-        metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)  # as logged, per micro
-        return loss * scale, metrics, new_ms, grads
-
-    def _train_step(self, state, frozen, batch):
-        rng = jax.random.fold_in(state["rng"], state["step"])
+    def _train_step(self, state, frozen, batch, penalty_inputs):
         with (
             sharding.activation_sharding(self.mesh, self.rules, self.data_axis),
             remat_lib.scope(self.remat) as remat_scope,
         ):
-            loss, metrics, new_ms, grads = self._grads(
-                state["trainable"], frozen, state["model_state"], batch, rng
-            )
+            new_state, metrics = self._core(state, frozen, batch, penalty_inputs)
         if self.remat != "none" and not remat_scope.seen:
             raise ValueError(
-                f"remat={self.remat!r}: the model has no per-layer rematerialisation hook (LLaMA "
-                "has one; BERT, ViT and ResNet do not), and checkpointing the whole loss would "
-                "recompute the forward without lowering the peak; use remat='none'"
+                f"remat={self.remat!r}: the model has no per-layer rematerialisation hook (a "
+                "model opts in by wrapping its layers with adapt.remat.checkpointed), and "
+                "checkpointing the whole loss would recompute the forward without lowering the "
+                "peak; use remat='none'"
             )
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["trainable"])
-        trainable = optax.apply_updates(state["trainable"], updates)
-        finite = (
-            jnp.isfinite(loss)
-            & _tree_all_finite(grads)
-            & _tree_all_finite(trainable)
-            & _tree_all_finite(new_ms)
-        )
-        new_state = {
-            "step": state["step"] + 1,
-            "trainable": trainable,
-            "opt_state": opt_state,
-            "model_state": new_ms,
-            "rng": state["rng"],
-        }
-        # A non-finite step changes nothing (not even the step counter): the loop stops on it.
-        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
-        metrics = {**metrics, "loss": loss, "finite": finite, "grad_norm": optax.global_norm(grads)}
         return new_state, metrics
 
     def compile_step(self, state: PyTree, frozen: PyTree, batch: Mapping[str, Any]) -> Callable:
-        """The jitted step for these shapes (jit caches by shape; one compile per batch shape)."""
+        """The jitted ``step(state, frozen, batch, penalty_inputs)`` for these shapes (jit caches
+        by shape; one compile per batch shape)."""
         if self._step is None:
             state_sh = jax.tree.map(lambda x: x.sharding, state)
             frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+            inputs_sh = jax.tree.map(lambda x: x.sharding, self.penalty_inputs)
             batch_sh = sharding.batch_sharding(self.mesh, self.data_axis)
             self._step = jax.jit(
                 self._train_step,
-                in_shardings=(state_sh, frozen_sh, batch_sh),
+                in_shardings=(state_sh, frozen_sh, batch_sh, inputs_sh),
                 out_shardings=(state_sh, sharding.replicated(self.mesh)),
                 donate_argnums=(0,),
             )
@@ -260,7 +185,7 @@ class Trainer:
         """One update. ``batch`` holds this process's rows (numpy) or global arrays."""
         if not all(isinstance(v, jax.Array) for v in batch.values()):
             batch = sharding.global_batch(batch, self.mesh, self.data_axis)
-        return self.compile_step(state, frozen, batch)(state, frozen, batch)
+        return self.compile_step(state, frozen, batch)(state, frozen, batch, self.penalty_inputs)
 
 
 def place_frozen(

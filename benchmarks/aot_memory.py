@@ -169,7 +169,7 @@ def compile_memory(job: dict[str, Any]) -> dict[str, Any]:
     state, frozen, batch = built["args"]
     mesh, rules, config, trainable = (built[k] for k in ("mesh", "rules", "config", "trainable"))
     t1 = time.perf_counter()
-    compiled = built["step"].lower(state, frozen, batch).compile()
+    compiled = built["step"].lower(state, frozen, batch, None).compile()  # no penalty inputs
     t2 = time.perf_counter()
     mem = compiled.memory_analysis()
 

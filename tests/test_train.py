@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adapt import optim, partition, sharding
-from adapt.train import NonFiniteLossError, Trainer, check_finite
+from adapt.train import NonFiniteLossError, Trainer, check_finite, place_frozen
 
 PARAMS = {
     "enc": {
@@ -88,6 +88,7 @@ def test_logical_axis_rules_shard_as_documented():
         sharding.make_mesh([("data", 8), ("model", 2)])
 
 
+@pytest.mark.slow
 def test_sharded_training_matches_single_device():
     base, _ = _losses(*_setup(mesh_axes=(("data", 1),)), _batches())
     for axes, rules in [((("data", 8),), "fsdp"), ((("data", 4), ("model", 2)), "fsdp_tp")]:
@@ -133,6 +134,7 @@ def test_a_non_finite_step_changes_nothing_and_is_reported():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_accumulation_weights_a_prompt_masked_batch_by_its_tokens():
     """grad_accum=4 over a batch whose rows have very different numbers of target tokens (a
     prompt-masked SFT batch) gives the loss and gradients of the whole batch at once; a mean of
@@ -212,3 +214,45 @@ def test_a_nan_learning_rate_never_reaches_the_weights():
     ):
         np.testing.assert_array_equal(a, b)
     del optax
+
+
+def test_the_trainer_runs_the_one_public_step_and_a_penalty_is_its_own_input():
+    """adapt.step.train_step jitted by hand gives the Trainer's states on one device, and a
+    penalty's inputs are an argument of the step (not entries of ``frozen``): the penalty
+    changes the loss by its value and pulls the weights towards its anchor."""
+    from adapt import step as step_lib
+
+    trainer, state, frozen = _setup()
+    mesh = sharding.make_mesh([("data", 1)])
+    lone = Trainer(trainer.loss_fn, trainer.tx, mesh)
+    rng = np.asarray(jax.random.key_data(jax.random.key(0)))
+    ours = step_lib.init_state(jax.tree.map(jnp.copy, state["trainable"]), trainer.tx, {}, rng)
+    step = jax.jit(step_lib.train_step(trainer.loss_fn, trainer.tx), donate_argnums=0)
+    theirs = lone.init_state(jax.tree.map(jnp.copy, state["trainable"]), {}, rng)
+    for batch in _batches(3):
+        ours, m1 = step(ours, frozen, batch)
+        theirs, m2 = lone.step(theirs, jax.device_put(frozen), batch)
+        assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-6)
+    pairs = zip(
+        jax.tree.leaves(ours["trainable"]), jax.tree.leaves(theirs["trainable"]), strict=True
+    )
+    for a, b in pairs:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+    zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), state["trainable"])
+    anchor = place_frozen(zeros, mesh, [])  # on the mesh, as with_penalty expects
+
+    def penalty(params, inputs):  # params: the merged tree, as the loss sees it
+        target = inputs["anchor"]["head"]
+        return 10.0 * sum(jnp.sum((params["head"][k] - target[k]) ** 2) for k in target)
+
+    pulled = lone.with_penalty(penalty, {"anchor": anchor})
+    free = lone.init_state(jax.tree.map(jnp.copy, state["trainable"]), {}, rng)
+    tied = pulled.init_state(jax.tree.map(jnp.copy, state["trainable"]), {}, rng)
+    for batch in _batches(3):
+        free, mf = lone.step(free, jax.device_put(frozen), batch)
+        tied, mt = pulled.step(tied, jax.device_put(frozen), batch)
+    assert float(mt["penalty"]) > 0 and "penalty" not in mf
+    norm = lambda s: float(jnp.sum(s["trainable"]["head"]["kernel"] ** 2))  # noqa: E731
+    assert norm(tied) < norm(free)
+    assert "anchor" not in frozen and set(frozen) <= set(PARAMS)

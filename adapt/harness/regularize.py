@@ -17,8 +17,9 @@ trained for, so EWC needs ``config.source_task``: the Fisher is computed once, a
 with the frozen source head (:mod:`adapt.harness.source_task`).
 
 Only trainable leaves that also exist in the anchor are penalised, per training stage. The anchor
-(and the Fisher) are frozen *inputs* of the jitted step, placed on the mesh like the leaves they
-mirror: not trainable, no optimizer state, not constants baked into the compiled step. The
+(and the Fisher) are the step's *penalty inputs* (:func:`adapt.step.train_step`), placed on the
+mesh like the leaves they mirror: not trainable, no optimizer state, not constants baked into the
+compiled step. The
 penalty is logged as the train metric ``penalty``; the logged ``loss`` includes it.
 
 Two interactions with the optimizer matter when choosing ``strength``. Adam is invariant to the
@@ -55,7 +56,6 @@ from adapt.methods.regularizers import diagonal_fisher, ewc_penalty, l2sp_penalt
 from adapt.train import Trainer, place_frozen
 
 KINDS = ("ewc", "l2sp")
-KEY = "__regularizer__"  # top-level key of the anchor/Fisher inside the step's frozen argument
 EWC_ONLY = ("fisher_examples", "fisher_data", "fisher_batch_size")
 
 
@@ -151,19 +151,6 @@ class Regularizer:
             return l2sp_penalty(current, paths.unflatten(anchor), self.strength, 0.0)
         return ewc_penalty(current, paths.unflatten(anchor), inputs["fisher"], self.strength)
 
-    def loss_fn(self, inner):
-        """``inner`` (the task loss) plus the penalty; the step's params carry the inputs under
-        :data:`KEY` (see :class:`RegularizedTrainer`)."""
-
-        def loss_fn(params, model_state, batch, rng):
-            inputs = params.get(KEY, {})
-            params = {k: v for k, v in params.items() if k != KEY}
-            loss, (metrics, new_state) = inner(params, model_state, batch, rng)
-            penalty = self.penalty(params, inputs)
-            return loss + penalty, ({**metrics, "penalty": penalty}, new_state)
-
-        return loss_fn
-
     def inputs_for(self, trainable: dict, mesh: Any, rules: Any) -> dict:
         """This stage's frozen inputs: the anchor (and Fisher) of its trainable leaves, on the
         mesh with the shardings of the leaves they mirror."""
@@ -173,28 +160,10 @@ class Regularizer:
             inputs["fisher"] = paths.unflatten({p: self.fisher[p] for p in wanted})
         return {k: place_frozen(v, mesh, rules) for k, v in inputs.items()}
 
-    def trainer(self, base: Trainer, trainable: dict) -> RegularizedTrainer:
-        """``base`` with the penalty in its loss and this stage's inputs bound to its step."""
-        return RegularizedTrainer(base, self, self.inputs_for(trainable, base.mesh, base.rules))
-
-
-class RegularizedTrainer(Trainer):
-    """A :class:`Trainer` whose step also receives the regularizer's frozen inputs.
-
-    The inputs travel inside the step's ``frozen`` argument under :data:`KEY` (never
-    differentiated, never donated, sharded like the leaves they mirror); callers keep passing the
-    plain frozen base, so evaluation code never sees them.
-    """
-
-    def __init__(self, base: Trainer, regularizer: Regularizer, inputs: dict) -> None:
-        super().__init__(
-            regularizer.loss_fn(base.loss_fn), base.tx, base.mesh, base.rules,
-            grad_accum=base.grad_accum, remat=base.remat, data_axis=base.data_axis,
-        )  # fmt: skip
-        self.inputs = inputs
-
-    def step(self, state: Any, frozen: Any, batch: Any) -> tuple[Any, dict]:
-        return super().step(state, {**frozen, KEY: self.inputs}, batch)
+    def trainer(self, base: Trainer, trainable: dict) -> Trainer:
+        """``base`` with the penalty added to its loss and this stage's anchor (and Fisher) as
+        the step's penalty inputs: their own argument of the jitted step, not in ``frozen``."""
+        return base.with_penalty(self.penalty, self.inputs_for(trainable, base.mesh, base.rules))
 
 
 def source_fisher(
@@ -237,4 +206,4 @@ def source_fisher(
     return {p: np.asarray(v, np.float32) for p, v in paths.flatten(fisher).items()}
 
 
-__all__ = ["KEY", "KINDS", "RegularizedTrainer", "Regularizer", "check", "source_fisher"]
+__all__ = ["KINDS", "Regularizer", "check", "source_fisher"]
