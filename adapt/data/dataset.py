@@ -66,13 +66,21 @@ class ClassificationData:
     ``inputs`` maps a name to one entry per example: a numpy array whose first axis is the
     example, or a list (ragged token ids, raw text). The base class batches equal-shape array
     inputs as they are; subclasses override :meth:`collate` (padding, preprocessing).
+
+    ``regression=True``: the labels are float targets (one number per example, finite) and
+    ``label_names`` is empty; everything that only indexes (selection of examples, batching)
+    works the same, what needs classes (per-class budgets, stratified hold-outs) does not.
     """
 
     inputs: dict[str, np.ndarray | list]
     labels: np.ndarray
     label_names: list[str]
+    regression: bool = False
 
     def __post_init__(self) -> None:
+        if self.regression:
+            self._check_targets()
+            return
         labels = np.asarray(self.labels)
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             raise DataError(
@@ -91,6 +99,25 @@ class ClassificationData:
                 f"got values from {labels.min()} to {labels.max()}"
             )
 
+    def _check_targets(self) -> None:
+        targets = np.asarray(self.labels)
+        if targets.ndim != 1 or not np.issubdtype(targets.dtype, np.number):
+            raise DataError(
+                f"targets must be a 1-D numeric array; got {targets.dtype} {targets.shape}"
+            )
+        if not np.isfinite(targets).all():
+            bad = int(np.flatnonzero(~np.isfinite(targets))[0])
+            raise DataError(f"target {bad} is {targets[bad]}; regression targets must be finite")
+        if self.label_names:
+            raise DataError("regression data has no label names; leave label_names empty")
+        object.__setattr__(self, "labels", targets.astype(np.float32))
+        object.__setattr__(self, "label_names", [])
+        for key, value in self.inputs.items():
+            if len(value) != len(targets):
+                raise DataError(
+                    f"input {key!r} has {len(value)} entries but there are {len(targets)} targets"
+                )
+
     @property
     def num_examples(self) -> int:
         return len(self.labels)
@@ -101,6 +128,8 @@ class ClassificationData:
 
     def class_counts(self) -> np.ndarray:
         """Examples per class, indexed by label id."""
+        if self.regression:
+            raise DataError("regression data has no classes to count")
         return np.bincount(self.labels, minlength=self.num_classes)
 
     def select(self, indices: Sequence[int] | np.ndarray) -> Self:
@@ -244,6 +273,10 @@ def select(
 
     Raises DataError if nothing is left (or nothing was there), naming ``source``.
     """
+    if data.regression and (classes is not None or examples_per_class is not None):
+        what = "classes" if classes is not None else "examples_per_class"
+        raise DataError(f"{what} selects by class; {source} holds regression targets (use "
+                        "max_examples to take fewer examples)")  # fmt: skip
     if classes is not None:
         ids = []
         for c in classes:

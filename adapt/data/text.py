@@ -109,10 +109,12 @@ def read_text_classification(
     delimiter: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     dataset_config: str | None = None,
+    regression: bool = False,
 ) -> ClassificationData:
     """Raw (untokenised) text classification data: ``inputs`` has ``text`` (and ``text_pair``).
 
     Selection options are those of :func:`adapt.data.dataset.select`, applied in that order.
+    ``regression=True``: the label column holds numbers (float targets), not classes.
     """
     if label_names is not None and label_names_file is not None:
         raise DataError("give label_names or label_names_file, not both")
@@ -127,6 +129,11 @@ def read_text_classification(
         pairs = column(table, text_pair_column, "text_pair", where)
         inputs["text_pair"] = [str(t).strip() for t in pairs]
     raw_labels = column(table, label_column, "label", where)
+    if regression:
+        if label_names is not None:
+            raise DataError("label_names name classes; regression targets have none")
+        data = ClassificationData(inputs, _targets(raw_labels, where, label_column), [], True)
+        return select(data, max_examples=max_examples, seed=seed, source=where)
     labels, names = map_labels(raw_labels, label_names, source=where)
     data = ClassificationData(inputs=inputs, labels=labels, label_names=names)
     return select(
@@ -137,6 +144,21 @@ def read_text_classification(
         seed=seed,
         source=where,
     )
+
+
+def _targets(values: Sequence[Any], where: str, label_column: str) -> np.ndarray:
+    """The label column as float targets, or a DataError naming the first value that is not a
+    number."""
+    out = np.empty(len(values), np.float64)
+    for i, v in enumerate(values):
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{where}: row {i} of column {label_column!r} is {v!r}, not a number; regression "
+                "reads numeric targets (for classes use task 'classification')"
+            ) from None
+    return out
 
 
 def _as_tokenizer(tokenizer: Any):
@@ -203,6 +225,7 @@ def tokenize(
         inputs=inputs,
         labels=data.labels,
         label_names=data.label_names,
+        regression=data.regression,
         pad_id=pad,
         max_length=max_length,
         bucket_boundaries=None

@@ -404,7 +404,8 @@ class WiseSection(Section):
     alphas: list | None = None
 
 
-TASKS = ("classification", "causal_lm")
+# adapt.tasks.TASKS's names, spelled out so that reading a config imports no JAX (a test checks)
+TASKS = ("classification", "regression", "causal_lm")
 _SECTIONS: dict[str, type[Section]] = {
     "model": ModelSection,
     "method": MethodSection,
@@ -426,7 +427,7 @@ class RunConfig:
     """A whole run: what :func:`adapt.harness.loop.run` reads."""
 
     seed: int = 0
-    task: str = "classification"  # classification | causal_lm
+    task: str = "classification"  # classification | regression | causal_lm (adapt.tasks)
     model: ModelSection = ModelSection()
     method: MethodSection = MethodSection()
     optim: OptimSection = OptimSection()

@@ -72,7 +72,7 @@ def holdout(data: Any, fraction: float, seed: int, salt: int = EVAL_SALT) -> tup
     (each class permuted by ``(seed, salt, class)``, at least one example of a class with two
     or more); indices stay in file order."""
     n = data.num_examples
-    if isinstance(data, ClassificationData):
+    if isinstance(data, ClassificationData) and not data.regression:
         held = []
         for c in range(data.num_classes):
             members = np.flatnonzero(data.labels == c)
@@ -94,8 +94,13 @@ def holdout(data: Any, fraction: float, seed: int, salt: int = EVAL_SALT) -> tup
     return data.select(rest_idx), data.select(held_idx)
 
 
-def _read(section: DataSection, source: str, split: str) -> ClassificationData:
-    """Every example of one split, unselected (text: not yet tokenised)."""
+def _read(
+    section: DataSection, source: str, split: str, regression: bool = False
+) -> ClassificationData:
+    """Every example of one split, unselected (text: not yet tokenised); ``regression``: the
+    label column holds numeric targets."""
+    if regression and section.kind != "text":
+        raise ConfigError(f"regression reads text data (data.kind 'text'), not {section.kind!r}")
     if section.kind == "text":
         options = {
             k: getattr(section, k)
@@ -114,6 +119,7 @@ def _read(section: DataSection, source: str, split: str) -> ClassificationData:
             split=split,
             text_column=section.text_column or "text",
             label_column=section.label_column or "label",
+            regression=regression,
             **options,
         )
     prep = ImagePreprocessing(**_tuples(section.preprocessing))
@@ -142,9 +148,15 @@ def _finish(section: DataSection, data: ClassificationData, model_path: str | No
 
 
 def load_splits(
-    section: DataSection | Any, *, seed: int, model_path: str | None, roles=("train", "eval")
+    section: DataSection | Any,
+    *,
+    seed: int,
+    model_path: str | None,
+    roles=("train", "eval"),
+    regression: bool = False,
 ) -> dict[str, Any]:
-    """The classification splits of ``section`` named in ``roles`` (module docstring)."""
+    """The labelled splits of ``section`` named in ``roles`` (module docstring); ``regression``:
+    numeric targets instead of classes."""
     section = DataSection.parse_one(section, "data")
     if section.source is None:
         raise ConfigError("data.source is required (a file or folder of the data set)")
@@ -165,15 +177,15 @@ def load_splits(
     out: dict[str, Any] = {}
     train_full = None
     if "train" in roles or section.eval_fraction:
-        train_full = _read(section, source, section.train_split)
+        train_full = _read(section, source, section.train_split, regression)
     evaluation = None
     if "eval" in roles:
         if section.eval_source is not None:
-            evaluation = _read(section, str(section.eval_source), section.eval_split)
+            evaluation = _read(section, str(section.eval_source), section.eval_split, regression)
         elif section.eval_fraction:
             train_full, evaluation = holdout(train_full, section.eval_fraction, section.split_seed)
         else:
-            evaluation = _read(section, source, section.eval_split)
+            evaluation = _read(section, source, section.eval_split, regression)
     elif section.eval_fraction:  # the train role alone still excludes the held-out examples
         train_full, _ = holdout(train_full, section.eval_fraction, section.split_seed)
     if "train" in roles:
@@ -199,13 +211,18 @@ def load_splits(
     return out
 
 
-def load_data(section: DataSection | Any, *, seed: int, model_path: str | None) -> Data:
-    """Train and eval sets for a config's ``data`` section."""
+def load_data(
+    section: DataSection | Any, *, seed: int, model_path: str | None, regression: bool = False
+) -> Data:
+    """Train and eval sets for a config's ``data`` section (``regression``: numeric targets, no
+    classes: ``num_labels`` and ``label_names`` are None)."""
     section = DataSection.parse_one(section, "data")
     if section.kind == "lm":
         return _load_lm(section)
-    splits = load_splits(section, seed=seed, model_path=model_path)
+    splits = load_splits(section, seed=seed, model_path=model_path, regression=regression)
     train, evaluation = splits["train"], splits["eval"]
+    if regression:
+        return Data(train, evaluation, None, None, splits.get("val"))
     if train.label_names != evaluation.label_names:
         raise DataError(
             f"train and eval label maps differ: {train.label_names[:10]} vs "

@@ -1,9 +1,10 @@
 """Metrics of a model over every example of an eval set, shared by the run loop and the hooks
 that evaluate other things than the target model (a source task, WiSE-FT interpolations).
 
-The jitted eval step is cached per ``(task, forward, num_labels)``: a run evaluates many
-parameter sets of the same shapes (periodic evals, a source-task curve, eleven WiSE-FT alphas),
-and a fresh ``jax.jit`` per call would recompile every time. :func:`predict` gives the
+What is computed is the task's (:class:`adapt.tasks.Task`). The jitted eval step is cached per
+``(task, forward, num_labels)``: a run evaluates many parameter sets of the same shapes
+(periodic evals, a source-task curve, eleven WiSE-FT alphas), and a fresh ``jax.jit`` per call
+would recompile every time. :func:`predict` gives the
 per-example predictions that a run writes to ``predictions.jsonl``.
 """
 
@@ -17,41 +18,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapt import sharding
+from adapt import sharding, tasks
 from adapt.data import eval_batches, eval_order
-from adapt.tasks.causal_lm import causal_lm_loss, lm_metrics
-from adapt.tasks.classification import batch_confusion, metrics_from_confusion
 
 
 @functools.lru_cache(maxsize=32)
-def _eval_step(task: str, forward: Callable, num_labels: int | None) -> Callable:
+def _eval_step(task: tasks.Task, forward: Callable, num_labels: int | None) -> Callable:
     @jax.jit
     def eval_step(params, model_state, batch):
         out, _ = forward(params, model_state, batch, False, None)
-        if task == "classification":
-            w = batch["weights"]
-            losses = -jnp.take_along_axis(
-                jax.nn.log_softmax(out["logits"].astype(jnp.float32)), batch["labels"][:, None], -1
-            )[:, 0]
-            return {
-                "cm": batch_confusion(out["logits"], batch["labels"], w, num_labels),
-                "loss_sum": jnp.sum(losses * w),
-                "count": jnp.sum(w),
-            }
-        mask = batch["loss_mask"] * batch["weights"][:, None]
-        _, sums = causal_lm_loss(out["logits"], batch["labels"], mask)
-        return sums
+        return task.eval_batch(out, batch, num_labels)
 
     return eval_step
 
 
 @functools.lru_cache(maxsize=8)
-def _predict_step(forward: Callable) -> Callable:
+def _predict_step(task: tasks.Task, forward: Callable) -> Callable:
     @jax.jit
     def predict_step(params, model_state, batch):
         out, _ = forward(params, model_state, batch, False, None)
-        probs = jax.nn.softmax(out["logits"].astype(jnp.float32))
-        return jnp.argmax(probs, -1), jnp.max(probs, -1)
+        return task.predict(out)
 
     return predict_step
 
@@ -66,11 +52,21 @@ def _host(x: jax.Array) -> np.ndarray:
 
 
 def predict(
-    forward, params, model_state, data, batch_size: int, mesh
+    forward,
+    params,
+    model_state,
+    data,
+    batch_size: int,
+    mesh,
+    task: str | tasks.Task = "classification",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(predicted class, its probability)`` for every example of a classification set, in
-    the data's own order (the batches go shortest first; this undoes that)."""
-    step = _predict_step(forward)
+    """``task``'s ``(prediction, score)`` for every example (classification: the predicted
+    class and its probability), in the data's own order (the batches go shortest first; this
+    undoes that)."""
+    task = tasks.get(task)
+    if not task.predicts:
+        raise ValueError(f"task {task.name!r} makes no per-example predictions")
+    step = _predict_step(task, forward)
     predicted, probability = [], []
     for local in eval_batches(data, batch_size, jax.process_index(), jax.process_count()):
         pred, prob = step(params, model_state, sharding.global_batch(local, mesh))
@@ -81,28 +77,39 @@ def predict(
         [np.arange(batch_size) < min(batch_size, n - s) for s in range(0, n, batch_size)]
     )  # the weight-0 copies that fill the last batch are dropped
     order = eval_order(data)
-    out_pred, out_prob = np.empty(n, np.int64), np.empty(n, np.float32)
-    out_pred[order] = np.concatenate(predicted)[real]
-    out_prob[order] = np.concatenate(probability)[real]
+    predicted, probability = np.concatenate(predicted)[real], np.concatenate(probability)[real]
+    out_pred, out_prob = np.empty(n, predicted.dtype), np.empty(n, np.float32)
+    out_pred[order] = predicted
+    out_prob[order] = probability
     return out_pred, out_prob
 
 
 def evaluate(
-    task: str, forward, params, model_state, data, batch_size: int, mesh, num_labels: int | None
+    task: str | tasks.Task,
+    forward,
+    params,
+    model_state,
+    data,
+    batch_size: int,
+    mesh,
+    num_labels: int | None,
 ) -> dict:
-    """Metrics over every eval example once; sums are reduced inside the jitted step, so every
-    process ends with the same numbers."""
+    """``task``'s metrics over every eval example once. Sums are reduced inside the jitted step
+    and per-example values gathered from every process, so every process ends with the same
+    numbers."""
+    task = tasks.get(task)
     eval_step = _eval_step(task, forward, num_labels)
     total: dict[str, Any] = {}
+    parts: list[dict] = []
     for local in eval_batches(data, batch_size, jax.process_index(), jax.process_count()):
         out = eval_step(params, model_state, sharding.global_batch(local, mesh))
-        total = out if not total else jax.tree.map(jnp.add, total, out)
-    total = jax.tree.map(np.asarray, total)
-    if task == "classification":
-        metrics = metrics_from_confusion(total["cm"])
-        metrics["loss"] = float(total["loss_sum"] / max(total["count"], 1))
-        return metrics
-    return lm_metrics(total["nll_sum"], total["tokens"], total["correct"])
+        if task.additive:
+            total = out if not total else jax.tree.map(jnp.add, total, out)
+        else:
+            parts.append(jax.tree.map(_host, out))
+    if task.additive:
+        return task.metrics(jax.tree.map(np.asarray, total))
+    return task.metrics({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
 
 __all__ = ["evaluate", "predict"]

@@ -12,15 +12,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from adapt import optim, partition, paths, sharding
+from adapt import optim, partition, paths, sharding, tasks
 from adapt.data import steps_per_epoch
 from adapt.harness import exports
 from adapt.harness.config import ConfigError, RunConfig, suggest
 from adapt.harness.data_setup import Data, load_data
 from adapt.harness.model_setup import FIT_ONLY, Model, attach_methods, forward_fn, load_model
-from adapt.tasks.causal_lm import causal_lm_loss
-from adapt.tasks.classification import cross_entropy
-from adapt.train import LOSS_WEIGHT, Trainer, place_frozen
+from adapt.train import Trainer, place_frozen
 
 
 def _mesh_rules(config: RunConfig) -> list[tuple[str, str]]:
@@ -32,19 +30,15 @@ def _mesh_rules(config: RunConfig) -> list[tuple[str, str]]:
     return [tuple(r) for r in rules]
 
 
-def loss_function(task: str, forward, num_labels: int | None):
+def loss_function(task: str | tasks.Task, forward, num_labels: int | None = None):
     """The training loss of ``task`` on ``forward``'s outputs: ``(params, model_state, batch,
     rng) -> (loss, (metrics, new_model_state))``, what :class:`~adapt.train.Trainer` differentiates
     (also used by benchmarks/aot_memory.py to compile the harness's exact step ahead of time)."""
+    task = tasks.get(task)
 
     def loss_fn(params, model_state, batch, rng):
         out, new_state = forward(params, model_state, batch, True, rng)
-        if task == "classification":
-            loss = cross_entropy(out["logits"], batch["labels"])
-            acc = jnp.mean((jnp.argmax(out["logits"], -1) == batch["labels"]).astype(jnp.float32))
-            return loss, ({"accuracy": acc}, new_state)
-        loss, sums = causal_lm_loss(out["logits"], batch["labels"], batch["loss_mask"])
-        metrics = {"tokens": sums["tokens"], LOSS_WEIGHT: sums["tokens"]}
+        loss, metrics = task.loss(out, batch)
         return loss, (metrics, new_state)
 
     return loss_fn
@@ -142,7 +136,7 @@ class Experiment:
     :func:`evaluate_workdir` share."""
 
     config: RunConfig
-    task: str
+    task: tasks.Task
     seed: int
     data: Data
     model: Model
@@ -159,15 +153,17 @@ def build(config: Any) -> Experiment:
     """Check the config, then load data and model and attach the methods (writes nothing)."""
     config = RunConfig.parse(config)
     config.validate()
-    seed, task = config.seed, config.task
+    seed, task = config.seed, tasks.get(config.task)
     rng_model, rng_method, rng_train = jax.random.split(jax.random.key(seed), 3)
     try:
         mesh = sharding.make_mesh([tuple(a) for a in config.mesh.axes])
     except ValueError as e:
         raise ConfigError(f"mesh.axes {config.mesh.axes}: {e}") from None
-    data: Data = load_data(config.data, seed=seed, model_path=config.model.path)
+    data: Data = load_data(
+        config.data, seed=seed, model_path=config.model.path, regression=task.numeric_labels
+    )
     _check_batches(config, data, mesh)
-    model: Model = load_model(config.model, data.num_labels, rng_model)
+    model: Model = load_model(config.model, task.head_size(data.num_labels), rng_model)
     stages = attach_methods(model, config.method, rng_method)
     _check_groups(config, model, stages)
     exports.check(config, model)
@@ -175,7 +171,7 @@ def build(config: Any) -> Experiment:
     steps = _stage_steps(config, len(stages), total_steps(config, data))
     return Experiment(
         config, task, seed, data, model, stages, steps, mesh, _mesh_rules(config), forward,
-        loss_function(task, forward, data.num_labels), rng_train,
+        loss_function(task, forward), rng_train,
     )  # fmt: skip
 
 

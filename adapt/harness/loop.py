@@ -160,9 +160,9 @@ def run(config: Any, workdir: str | Path) -> dict:
     final = evaluate(task, forward, model.params, model.model_state, data.eval, eval_bs, mesh,
                      data.num_labels)  # fmt: skip
     writer.write(step, "eval", final)
-    if task == "classification":
+    if task.predicts:
         predicted, probability = predict(forward, model.params, model.model_state, data.eval,
-                                         eval_bs, mesh)  # fmt: skip
+                                         eval_bs, mesh, task)  # fmt: skip
         if jax.process_index() == 0:
             run_report.write_predictions(workdir, data.eval, predicted, probability)
     extra = hooks.finish(step, writer)

@@ -94,15 +94,20 @@ def write_labels(workdir: Path, label_names: list[str] | None) -> None:
 def write_predictions(
     workdir: Path, data: ClassificationData, predicted: np.ndarray, probability: np.ndarray
 ) -> Path:
-    """``predictions.jsonl``: one line per eval example, in eval-set order."""
+    """``predictions.jsonl``: one line per eval example, in eval-set order (regression targets:
+    the value predicted and its error)."""
     names = data.label_names
     texts = data.inputs.get("text")
     pairs = data.inputs.get("text_pair")
     path = workdir / PREDICTIONS_FILE
     with open(path, "w") as f:
         for i, (label, pred, p) in enumerate(zip(data.labels, predicted, probability, strict=True)):
-            row = {"index": i, "label": names[int(label)], "prediction": names[int(pred)],
-                   "correct": bool(label == pred), "probability": round(float(p), 6)}  # fmt: skip
+            if data.regression:
+                row = {"index": i, "target": round(float(label), 6), "prediction": round(float(pred), 6),
+                       "error": round(float(pred) - float(label), 6)}  # fmt: skip
+            else:
+                row = {"index": i, "label": names[int(label)], "prediction": names[int(pred)],
+                       "correct": bool(label == pred), "probability": round(float(p), 6)}  # fmt: skip
             if texts is not None:
                 row["text"] = texts[i]
             if pairs is not None:

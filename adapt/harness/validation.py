@@ -14,6 +14,7 @@ import math
 import re
 from typing import Any
 
+from adapt import tasks
 from adapt.harness.config import (
     KIND_KEYS,
     TASKS,
@@ -106,10 +107,13 @@ def check_data(problems: _Problems, where: str, data: DataSection, task: str | N
                 f"{where}.{key} does not apply to data kind {kind!r} (it applies to "
                 f"{' and '.join(applies) or 'no kind'}); remove it"
             )
-    if task == "causal_lm" and kind != "lm":
-        problems.append(f"task 'causal_lm' reads data kind 'lm', not {kind!r}")
-    if task == "classification" and kind == "lm":
-        problems.append("data kind 'lm' has no labels; use task 'causal_lm'")
+    if task in tasks.TASKS and kind not in tasks.get(task).data_kinds:
+        reads = " or ".join(repr(k) for k in tasks.get(task).data_kinds)
+        fits = [name for name, t in tasks.TASKS.items() if kind in t.data_kinds]
+        problems.append(
+            f"task {task!r} reads data kind {reads}, not {kind!r}; data kind {kind!r} is for "
+            f"task {' or '.join(repr(n) for n in fits)}"
+        )
     problems.range(f"{where}.eval_fraction", data.eval_fraction, 0, 1, hi_open=True)
     problems.range(f"{where}.val_fraction", data.val_fraction, 0, 1, hi_open=True)
     if kind == "text":
@@ -166,6 +170,12 @@ def check_run(config: RunConfig) -> None:
             f"options (methods with options: {', '.join(METHODS)})"
         )
     p.choice("method.head_init", method.head_init, ("fresh", "probe"))
+    numeric = config.task in tasks.TASKS and tasks.get(config.task).numeric_labels
+    if numeric and (method.name in FIT_ONLY or method.head_init == "probe"):
+        p.append(
+            f"task {config.task!r} has numeric targets, and the probe fits a logistic regression "
+            "over classes: set method.head_init='fresh' (and a method that trains)"
+        )
     p.range("method.probe_c", method.probe_c, 0, math.inf, lo_open=True, hi_open=True)
     t = config.train
     if method.name in FIT_ONLY:

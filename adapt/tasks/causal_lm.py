@@ -22,6 +22,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adapt.step import LOSS_WEIGHT
+from adapt.tasks.task import Batch, Outputs, Task
+
 
 def align_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """The logits of the real tokens: drop positions prepended by prompt/prefix methods."""
@@ -70,3 +73,27 @@ def lm_metrics(nll_sum: float, tokens: float, correct: float | None = None) -> d
     if correct is not None:
         out["token_accuracy"] = float(correct) / tokens
     return out
+
+
+class CausalLM(Task):
+    """Next-token prediction on packed or prompt/response data (see the module docstring):
+    token-weighted NLL, perplexity and token accuracy over every target token of the eval set."""
+
+    name = "causal_lm"
+    data_kinds = ("lm",)
+    lower_is_better = ("loss", "perplexity")
+
+    def head_size(self, num_labels: int | None) -> None:
+        return None  # the pretrained output layer is the head
+
+    def loss(self, out: Outputs, batch: Batch) -> tuple[jax.Array, dict]:
+        loss, sums = causal_lm_loss(out["logits"], batch["labels"], batch["loss_mask"])
+        # micro-batches and processes weight the loss by their target tokens (adapt.train)
+        return loss, {"tokens": sums["tokens"], LOSS_WEIGHT: sums["tokens"]}
+
+    def eval_batch(self, out: Outputs, batch: Batch, num_labels: int | None) -> dict:
+        mask = batch["loss_mask"] * batch["weights"][:, None]
+        return causal_lm_loss(out["logits"], batch["labels"], mask)[1]
+
+    def metrics(self, total: dict) -> dict:
+        return lm_metrics(total["nll_sum"], total["tokens"], total["correct"])

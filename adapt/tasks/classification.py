@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from adapt.tasks.task import Batch, Outputs, Task
+
 
 def cross_entropy(
     logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
@@ -62,3 +64,36 @@ def batch_confusion(
     preds = jnp.argmax(logits, axis=-1)
     cm = jnp.zeros((num_classes, num_classes), jnp.float32)
     return cm.at[labels, preds].add(weights.astype(jnp.float32))
+
+
+class Classification(Task):
+    """Softmax classification of sequences or images: cross-entropy, accuracy and macro F1 from
+    a confusion matrix summed over the eval set, predicted class and its probability."""
+
+    name = "classification"
+    data_kinds = ("text", "image")
+    predicts = True
+
+    def loss(self, out: Outputs, batch: Batch) -> tuple[jax.Array, dict]:
+        logits = out["logits"]
+        acc = jnp.mean((jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32))
+        return cross_entropy(logits, batch["labels"]), {"accuracy": acc}
+
+    def eval_batch(self, out: Outputs, batch: Batch, num_labels: int | None) -> dict:
+        w, logits = batch["weights"], out["logits"]
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+        losses = -jnp.take_along_axis(log_probs, batch["labels"][:, None], -1)[:, 0]
+        return {
+            "cm": batch_confusion(logits, batch["labels"], w, num_labels),
+            "loss_sum": jnp.sum(losses * w),
+            "count": jnp.sum(w),
+        }
+
+    def metrics(self, total: dict) -> dict:
+        metrics = metrics_from_confusion(total["cm"])
+        metrics["loss"] = float(total["loss_sum"] / max(total["count"], 1))
+        return metrics
+
+    def predict(self, out: Outputs) -> tuple[jax.Array, jax.Array]:
+        probs = jax.nn.softmax(out["logits"].astype(jnp.float32))
+        return jnp.argmax(probs, -1), jnp.max(probs, -1)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adapt.tasks.task import Batch, Outputs, Task
+
 
 def mean_squared_error(
     predictions: jax.Array, targets: jax.Array, weights: jax.Array | None = None
@@ -73,3 +75,47 @@ def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict:
         "pearson": _pearson(predictions, targets),
         "spearman": _pearson(_ranks(predictions), _ranks(targets)),
     }
+
+
+def _values(logits: jax.Array) -> jax.Array:
+    """One float32 prediction per example from a (B, 1) or (B,) head."""
+    logits = logits.astype(jnp.float32)
+    return logits[..., 0] if logits.ndim == 2 and logits.shape[-1] == 1 else logits
+
+
+class Regression(Task):
+    """One number per example (STS-B similarity, ratings): a one-output head trained with the
+    mean squared error; MAE, MSE, RMSE, R2, Pearson and Spearman over the whole eval set, so
+    the eval step returns per-example predictions (correlations are not sums of batches)."""
+
+    name = "regression"
+    data_kinds = ("text",)
+    lower_is_better = ("loss", "mse", "mae", "rmse")
+    additive = False
+    numeric_labels = True
+    predicts = True
+
+    def head_size(self, num_labels: int | None) -> int:
+        return 1
+
+    def loss(self, out: Outputs, batch: Batch) -> tuple[jax.Array, dict]:
+        values = _values(out["logits"])
+        mae = jnp.mean(jnp.abs(values - batch["labels"].astype(jnp.float32)))
+        return mean_squared_error(values, batch["labels"]), {"mae": mae}
+
+    def eval_batch(self, out: Outputs, batch: Batch, num_labels: int | None) -> dict:
+        return {
+            "prediction": _values(out["logits"]),
+            "target": batch["labels"].astype(jnp.float32),
+            "weight": batch["weights"].astype(jnp.float32),
+        }
+
+    def metrics(self, total: dict) -> dict:
+        real = total["weight"] > 0
+        metrics = regression_metrics(total["prediction"][real], total["target"][real])
+        metrics["loss"] = metrics["mse"]
+        return metrics
+
+    def predict(self, out: Outputs) -> tuple[jax.Array, jax.Array]:
+        values = _values(out["logits"])
+        return values, values

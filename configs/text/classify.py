@@ -1,7 +1,11 @@
-r"""Text classification on your own data, with any BERT-family checkpoint and any method.
+r"""Text classification (or regression) on your own data, with any BERT-family checkpoint and
+any method.
 
   python -m experiments.finetune --workdir=workdirs/reviews \
       --config=configs/text/classify.py:train=reviews.csv,text=review,label=stars
+
+  python -m experiments.finetune --workdir=workdirs/similarity \
+      --config=configs/text/classify.py:task=regression,train=pairs.csv,text=s1,text_pair=s2,label=score
 
   python -m experiments.finetune --workdir=workdirs/tickets_lora \
       --config=configs/text/classify.py:model=path/to/hf_checkpoint,train=data/,eval_split=test,method=lora
@@ -25,7 +29,11 @@ Arguments:
 - the recipe's arguments (configs/text/recipe.py, described in configs/text/minilm.py):
   ``method`` (lora), ``per_class`` (0: all the training examples), ``epochs`` (0: the
   recipe's), ``lr_scale``, ``head_init``, ``wise``, ``export``, ``seed``, ``smoke``;
-- ``max_length`` (128 tokens), ``batch`` (32).
+- ``max_length`` (128 tokens), ``batch`` (32);
+- ``task``: ``classification`` (default) or ``regression`` (a numeric ``label`` column, a
+  one-output head trained with the mean squared error, MAE/RMSE/R2/Pearson/Spearman reported,
+  the checkpoint selected by validation Pearson; the head starts fresh, and a single file's
+  held-out fraction is drawn at random instead of by class).
 
 A validation split is carved from the training examples (10%, or 20% of a few-label budget)
 for best-checkpoint selection and early stopping, evaluated every half epoch; the eval set is
@@ -42,6 +50,7 @@ def get_config(arg=None):
         text="text", text_pair="", label="label", labels="", model="all-MiniLM-L6-v2",
         method="lora", per_class=0, epochs=0.0, lr_scale=1.0, head_init="probe",
         max_length=128, batch=32, wise=False, export=False, seed=0, smoke=False,
+        task="classification",
     )  # fmt: skip
     if not arg.train:
         raise ConfigError(
@@ -70,6 +79,8 @@ def get_config(arg=None):
         data["text_pair_column"] = arg.text_pair
     if arg.labels:
         data["label_names"] = arg.labels.split("|")
+    if arg.task == "regression" and (arg.labels or arg.per_class):
+        raise ConfigError("task=regression has numeric targets: no labels= and no per_class=")
     few = arg.per_class > 0
     if few:
         data["examples_per_class"] = arg.per_class

@@ -38,6 +38,13 @@ def check(arg) -> None:
         raise ConfigError(f"unknown method {arg.method!r}; choose from {sorted(METHODS)}")
     if arg.head_init not in ("probe", "fresh"):
         raise ConfigError(f"head_init must be probe or fresh, got {arg.head_init!r}")
+    if getattr(arg, "task", "classification") not in ("classification", "regression"):
+        raise ConfigError(f"task must be classification or regression, got {arg.task!r}")
+    if getattr(arg, "task", "") == "regression" and is_fit_only(arg.method):
+        raise ConfigError(
+            f"method={arg.method} fits a logistic regression over classes; regression needs a "
+            "method that trains (lora, full, ...)"
+        )
 
 
 def is_fit_only(method: str) -> bool:
@@ -70,12 +77,15 @@ def classifier(
     label, lr, options = METHODS[arg.method]
     fit_only = label is None
     lr *= arg.lr_scale
+    regression = getattr(arg, "task", "classification") == "regression"
     head_init = {"scratch": "fresh", "lp_ft": "probe"}.get(arg.method, arg.head_init)
+    if regression:  # the probe is a logistic regression: a regression head starts fresh
+        head_init = "fresh"
     method = "full" if arg.method == "lp_ft" else arg.method
 
     c = ml_collections.ConfigDict()
     c.seed = arg.seed
-    c.task = "classification"
+    c.task = "regression" if regression else "classification"
     c.model = dict(model, init="scratch" if arg.method == "scratch" else "pretrained")
     c.method = dict(name=method, options=dict(options), head_init=head_init)
     head_lr = lr if head_init == "probe" else FRESH_HEAD_LR
@@ -93,7 +103,7 @@ def classifier(
         eval_every=0 if fit_only else eval_every,
         eval_batch_size=128,
         length_grouping=0 if few else length_grouping,  # sort lengths in chunks: less padding
-        select_best=None if fit_only else "accuracy",
+        select_best=None if fit_only else "pearson" if regression else "accuracy",
         early_stopping=0 if fit_only else PATIENCE,
         refit=few and not fit_only,  # few labels: train again on train + val, chosen epochs
     )
