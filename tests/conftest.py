@@ -34,3 +34,22 @@ def minilm_dir() -> Path:
     path = Path(gt.get_model_path())
     assert (path / "model.safetensors").exists(), path
     return path
+
+
+@pytest.fixture(scope="session")
+def randomized_eval():
+    """``randomized_eval(model)``: a transformers model with every parameter drawn at random
+    (its init leaves biases at 0 and norms at 1, which would hide their conversion), eager
+    attention, in eval mode; for parity tests of a family's converter."""
+
+    def randomize(model, scale: float = 0.2):
+        import torch
+
+        model.config._attn_implementation = "eager"
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                noise = torch.randn_like(p)
+                p.copy_(1 + scale * noise if "norm" in name else scale * noise)
+        return model.eval()
+
+    return randomize

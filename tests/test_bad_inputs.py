@@ -203,6 +203,7 @@ def test_verbose_shows_the_traceback(tmp_path):
     assert "Traceback" in out.stderr and "error: " in out.stderr
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing(tmp_path, finished):
     workdir = tmp_path / "run"
     shutil.copytree(finished, workdir)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from adapt import paths
 from adapt.convert import native
@@ -22,6 +23,7 @@ def _run(*args):
     return out.stdout
 
 
+@pytest.mark.slow
 def test_convert_cli_round_trip(tmp_path, third_party):
     src = third_party / "stories260K" / "stories260K.bin"
     assert "verified" in _run(f"--input={src}", f"--output={tmp_path / 'hf'}", "--target=hf")

@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_smoke_prints_the_comparison(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.demo", "--smoke", f"--root={tmp_path}"],

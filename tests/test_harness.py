@@ -55,6 +55,7 @@ def _repo_cwd(monkeypatch):
         ("configs/llm/stories_sst2_qlora.py", "smoke"),
     ],
 )
+@pytest.mark.slow
 def test_config_smoke_runs_end_to_end(tmp_path, path, arg):
     results = run(_config(path, arg), tmp_path)
     assert results["steps"] == 4
@@ -83,6 +84,7 @@ def _check_predictions(workdir, results):
     assert accuracy == pytest.approx(results["eval"]["accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_a_run_reports_its_data_and_warns_about_truncation(tmp_path, capfd, caplog):
     config = _config("configs/text/minilm.py", "dataset=sst2,method=linear_probe,smoke")
     config.data.max_length = 8  # most SST-2 dev sentences are longer than 6 word pieces
@@ -99,6 +101,7 @@ def test_a_run_reports_its_data_and_warns_about_truncation(tmp_path, capfd, capl
     assert len(set(texts)) > 1 and all(texts)
 
 
+@pytest.mark.slow
 def test_a_hugging_face_export_carries_its_tokenizer(tmp_path):
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer
@@ -180,6 +183,7 @@ def test_every_method_smoke_on_sst2(tmp_path, method):
         assert 0.0 <= results["val"]["accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_new_head_replaces_a_same_shape_pretrained_head_and_nothing_else():
     """CIFAR-10's 10-way head fits Fashion-MNIST's 10 labels by shape only: model.new_head must
     start it afresh (a kept head cost the vision sweep's linear probe 50 points)."""
@@ -201,6 +205,7 @@ def test_new_head_replaces_a_same_shape_pretrained_head_and_nothing_else():
         load_model({**section.to_dict(), "head": "nothing/.*"}, 10, rng)
 
 
+@pytest.mark.slow
 def test_vit_transfer_from_an_adapt_pretrained_export(tmp_path):
     pre = tmp_path / "pre"
     run(_config("configs/vision/fmnist_vit.py", "stage=pretrain,smoke"), pre)
@@ -276,6 +281,7 @@ def test_images_of_the_wrong_shape(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_workdir_of_another_experiment_is_refused_untouched(tmp_path):
     run(_config("configs/llm/stories_lora.py"), tmp_path)
     before = _snapshot(tmp_path)
@@ -417,6 +423,7 @@ def test_two_processes_reproduce_the_single_process_losses(tmp_path):
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import numpy as np
 
@@ -441,6 +448,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_and_sweep_entry_points(tmp_path):
     from adapt.harness.loop import evaluate_workdir
     from adapt.studies.sweep import run_sweep
@@ -473,6 +481,7 @@ def test_evaluate_and_sweep_entry_points(tmp_path):
     assert (tmp_path / "out" / "runs.csv").read_text() == before
 
 
+@pytest.mark.slow
 def test_relative_workdir(tmp_path):
     rel = os.path.relpath(tmp_path / "rel", REPO)  # cwd is the repo (fixture)
     assert not os.path.isabs(rel)
@@ -480,6 +489,7 @@ def test_relative_workdir(tmp_path):
     assert results["steps"] == 4 and (tmp_path / "rel" / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_layerwise_lr_decay_from_the_config(tmp_path):
     cfg = _config("configs/text/minilm.py", "dataset=sst2,method=full,smoke")
     cfg.optim.layerwise_decay = 0.8
@@ -497,6 +507,7 @@ def test_layerwise_lr_decay_from_the_config(tmp_path):
     "path, arg",
     [("configs/text/minilm.py", "dataset=sst2,smoke"), ("configs/llm/stories_lora.py", "smoke")],
 )
+@pytest.mark.slow
 def test_bfloat16_compute_tracks_float32(tmp_path, path, arg):
     reference = run(_config(path, arg), tmp_path / "f32")["eval"]["loss"]
     cfg = _config(path, arg)

@@ -237,6 +237,7 @@ def test_bad_sections_are_named_before_anything_is_written(tmp_path, sections, m
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_a_regularizer_that_penalises_nothing_is_an_error(tmp_path):
     cfg = _config("configs/text/minilm.py", "dataset=sst2,method=lora,smoke")
     cfg.regularizer = dict(kind="l2sp", strength=0.1)  # LoRA trains only new leaves

@@ -88,6 +88,7 @@ def _losses(method: str, axes, rules, remat_policy: str, dropout: float = 0.0) -
     return out
 
 
+@pytest.mark.slow
 def test_remat_keeps_parameter_paths():
     ids = jnp.ones((1, 8), jnp.int32)
     plain = LlamaForCausalLM(CONFIG).init(jax.random.key(0), ids)["params"]
@@ -113,6 +114,7 @@ def test_the_trainer_scope_reaches_the_layers():
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
+@pytest.mark.slow
 def test_remat_and_activation_sharding_keep_the_losses(method):
     base = _losses(method, [("data", 1)], [], "none")
     # QLoRA computes in bfloat16: tensor parallelism's partial sums round differently
@@ -125,6 +127,7 @@ def test_remat_and_activation_sharding_keep_the_losses(method):
         np.testing.assert_allclose(got, base, rtol=rtol, err_msg=f"{axes} {preset} {policy}")
 
 
+@pytest.mark.slow
 def test_remat_keeps_dropout_streams():
     # nn.remat must not change which dropout masks the adapters draw
     plain = _losses("lora", [("data", 1)], [], "none", dropout=0.1)

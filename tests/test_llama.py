@@ -44,7 +44,7 @@ def _hf_config(tied, layers, bias, **extra):
 
 
 @pytest.fixture(scope="module")
-def hf_models(tmp_path_factory):
+def hf_models(tmp_path_factory, randomized_eval):
     """variant -> (eval-mode transformers model, its saved directory); built once per module."""
     cache = {}
 
@@ -52,13 +52,7 @@ def hf_models(tmp_path_factory):
         key = (tied, layers, bias)
         if key not in cache:
             torch.manual_seed(hash(key) % 1000)
-            model = transformers.LlamaForCausalLM(_hf_config(tied, layers, bias))
-            model.config._attn_implementation = "eager"
-            with torch.no_grad():  # init leaves biases at 0 and norms at 1: randomise everything
-                for name, p in model.named_parameters():
-                    noise = torch.randn_like(p)
-                    p.copy_(1 + 0.2 * noise if "norm" in name else 0.2 * noise)
-            model.eval()
+            model = randomized_eval(transformers.LlamaForCausalLM(_hf_config(tied, layers, bias)))
             path = tmp_path_factory.mktemp(f"llama_{'tied' if tied else 'untied'}_{layers}_{bias}")
             model.save_pretrained(path, safe_serialization=True)
             cache[key] = (model, path)

@@ -103,6 +103,7 @@ def _config(tmp_path: Path, arg: str = ""):
     return config
 
 
+@pytest.mark.slow
 def test_smoke_config_runs(tmp_path):
     results = run(_config(tmp_path, "smoke"), tmp_path / "run")
     assert results["steps"] == 4 and results["method"] == "lora"

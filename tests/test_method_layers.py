@@ -115,6 +115,7 @@ class Attention(nn.Module):
         return nn.Dense(3, name="head")(h.mean(axis=1))
 
 
+@pytest.mark.slow
 def test_lora_on_flax_multi_head_attention_trains_and_merges():
     model = Attention()
     x = jax.random.normal(jax.random.key(0), (4, 6, 8))

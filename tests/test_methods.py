@@ -324,6 +324,7 @@ def test_optimizer_groups_reject_unknown_keys_and_missing_groups():
     )
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_trains_through_stages_with_one_compile_each(tiny_bert):
     from adapt.step import run_stages
 
@@ -355,6 +356,7 @@ def test_gradual_unfreezing_trains_through_stages_with_one_compile_each(tiny_ber
     )
 
 
+@pytest.mark.slow
 def test_prefix_reparameterisation_folds_into_plain_prefixes(tiny_bert):
     from adapt.methods.prompts import PrefixTuning
 

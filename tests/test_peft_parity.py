@@ -62,6 +62,7 @@ def _module_name(hf_name: str) -> str:
     return "/".join(out)
 
 
+@pytest.mark.slow
 def test_lora_matches_peft_logits_and_adapter_gradients(hf_bert):
     ids, mask, labels = _batch()
     hf_model = transformers.BertForSequenceClassification.from_pretrained(hf_bert).eval()

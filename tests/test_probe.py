@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from adapt.methods.probe import extract_features, train_linear_probe
 from adapt.models import bert
@@ -61,6 +62,7 @@ def _sklearn_objective_gradient(x, y, kernel, bias, c):
     return max(np.abs(grad_kernel).max(), np.abs(p.mean(0)).max())
 
 
+@pytest.mark.slow
 def test_lbfgs_probe_lands_with_scikit_learn_on_real_features(minilm_dir):
     """Banking77 with 10 examples per intent, all-MiniLM-L6-v2's mean-pooled features: adapt's
     L-BFGS logistic regression and scikit-learn's LogisticRegression(C=10) agree within a point

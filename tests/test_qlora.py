@@ -109,6 +109,7 @@ def test_quantised_base_is_bitsandbytes_nf4(stories):
 
 
 # ------------------------------------------------------------------------------ forward
+@pytest.mark.slow
 def test_qlora_at_init_equals_the_dequantised_model(small):
     model, params, _, qparams = small
     ids, mask = _batch()
@@ -160,6 +161,7 @@ def test_a_quantised_dense_matches_bitsandbytes_linear4bit():
 
 
 # ----------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_train_steps_update_only_the_adapters(small):
     model, _, _, qparams = small
     ids, mask = _batch(shape=(4, 32))
@@ -219,6 +221,7 @@ def test_misuse_is_refused_clearly(small):
     assert all("lora" not in p or "self_attn" in p for p in paths.flatten(full))
 
 
+@pytest.mark.slow
 def test_qlora_trains_exactly_like_lora_on_the_dequantised_weights(small):
     """QLoRA (NF4 leaves, dequantised to bfloat16 inside the step) and LoRA on a bfloat16 base
     holding the same dequantised weights take the same steps."""

@@ -40,20 +40,14 @@ def _hf_config(tied: bool, cls=None, **extra):
 
 
 @pytest.fixture(scope="module")
-def hf_models(tmp_path_factory):
+def hf_models(tmp_path_factory, randomized_eval):
     """tied -> (eval-mode transformers Qwen2, its saved directory)."""
     cache = {}
 
     def get(tied: bool):
         if tied not in cache:
             torch.manual_seed(int(tied))
-            model = transformers.Qwen2ForCausalLM(_hf_config(tied))
-            model.config._attn_implementation = "eager"
-            with torch.no_grad():  # init leaves biases at 0 and norms at 1: randomise everything
-                for name, p in model.named_parameters():
-                    noise = torch.randn_like(p)
-                    p.copy_(1 + 0.2 * noise if "norm" in name else 0.2 * noise)
-            model.eval()
+            model = randomized_eval(transformers.Qwen2ForCausalLM(_hf_config(tied)))
             path = tmp_path_factory.mktemp(f"qwen2_{'tied' if tied else 'untied'}")
             model.save_pretrained(path, safe_serialization=True)
             cache[tied] = (model, path)

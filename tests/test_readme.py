@@ -3,9 +3,12 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_library_example_runs(tmp_path, monkeypatch):
     text = README.read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
@@ -31,6 +34,7 @@ def test_readme_library_example_runs(tmp_path, monkeypatch):
         np.testing.assert_allclose(scope["logits"][row], alone[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_readme_own_project_example_trains_only_what_the_methods_add(capsys):
     """ "Use adapt inside your own JAX project": the user's model, LoRA + IA3 + EWC, their loop."""
     import numpy as np

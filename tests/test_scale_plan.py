@@ -26,6 +26,7 @@ TINY = dict(
 )
 
 
+@pytest.mark.slow
 def test_fsdp_over_8_devices_shrinks_per_device_bytes():
     jobs = [
         dict(
@@ -61,6 +62,7 @@ def _job(config: dict, shards: int, **kw) -> dict:
     )
 
 
+@pytest.mark.slow
 def test_qlora_nf4_leaves_shard_with_fsdp():
     one, eight = aot_memory.run_worker(8, [_job(TINY, s, method="qlora") for s in (1, 8)])
     # codes and block scales split 8 ways; only the offsets, shapes and the one
@@ -82,6 +84,7 @@ SMALL = dict(
 )
 
 
+@pytest.mark.slow
 def test_per_layer_remat_lowers_temporaries():
     jobs = [_job(SMALL, 1, seq_len=256, remat=r) for r in ("none", "full", "dots")]
     none, full, dots = aot_memory.run_worker(1, jobs)
@@ -90,6 +93,7 @@ def test_per_layer_remat_lowers_temporaries():
     assert dots["bytes"]["temp"] < none["bytes"]["temp"]
 
 
+@pytest.mark.slow
 def test_activations_stay_batch_sharded_as_devices_grow():
     # one sequence per device: the per-device program should not depend on the device count
     config = {**SMALL, "num_hidden_layers": 1}

@@ -45,6 +45,7 @@ def test_the_validation_split_is_stratified_disjoint_and_fixed_by_its_seed():
     assert not np.array_equal(other.inputs["x"], train.inputs["x"])
 
 
+@pytest.mark.slow
 def test_epochs_set_the_steps_and_the_best_validation_weights_are_the_result(tmp_path):
     cfg = _lm(steps=0, epochs=6.0, eval_every=1, select_best="loss")
     results = run(cfg, tmp_path)
@@ -59,6 +60,7 @@ def test_epochs_set_the_steps_and_the_best_validation_weights_are_the_result(tmp
     assert not _rows(tmp_path, "eval")[:-1]  # the eval (test) split only once, at the end
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_after_its_patience(tmp_path):
     cfg = _lm(steps=10, eval_every=1, select_best="loss", early_stopping=2)
     cfg.optim.groups.lora.lr = 0.0  # nothing improves after the start
@@ -67,6 +69,7 @@ def test_early_stopping_ends_the_run_after_its_patience(tmp_path):
     assert results["stopped_early"] and results["steps"] == 2 and results["selected_step"] == 0
 
 
+@pytest.mark.slow
 def test_a_preempted_selecting_run_resumes_to_the_same_choice(tmp_path, monkeypatch):
     from adapt.checkpoint import PreemptionFlag
 
@@ -87,6 +90,7 @@ def test_a_preempted_selecting_run_resumes_to_the_same_choice(tmp_path, monkeypa
     assert resumed["eval"]["loss"] == pytest.approx(reference["eval"]["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_refit_trains_again_on_train_and_validation_for_the_chosen_epochs(tmp_path):
     cfg = _lm(steps=4, eval_every=1, select_best="loss", refit=True)
     results = run(cfg, tmp_path)

@@ -110,6 +110,7 @@ def test_unknown_sweep_keys_are_rejected_before_anything_runs(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_parts_run_as_separate_grids_with_a_part_column(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     sweep = ml_collections.ConfigDict(

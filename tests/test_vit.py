@@ -275,6 +275,7 @@ def test_unsupported_config_through_loader(hf_cls, tmp_path):
         load_pretrained(tmp_path)
 
 
+@pytest.mark.slow
 def test_bfloat16(hf_cls, loaded):
     _, src = hf_cls
     module, params, config = load_pretrained(src, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
