@@ -14,8 +14,8 @@ from pathlib import Path
 from absl import flags, logging
 
 from adapt import xla_defaults
+from adapt.config import ConfigError
 from adapt.harness import command_line
-from adapt.harness.config import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir (holds config.json, checkpoints).")
 _DATA = flags.DEFINE_multi_string("data", [], "key=value overrides of the data section.")

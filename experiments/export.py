@@ -18,8 +18,8 @@ import json
 from absl import flags, logging
 
 from adapt import xla_defaults
+from adapt.config import ConfigError
 from adapt.harness import command_line
-from adapt.harness.config import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir.")
 _OUT = flags.DEFINE_string("out", None, "Where the export_* folders go (default: the workdir).")

@@ -3,7 +3,7 @@ r"""Fine-tune / adapt a pretrained model as a config says.
   python -m experiments.finetune --config=configs/text/minilm.py:dataset=sst2,method=lora \
       --workdir=workdirs/sst2_lora [--config.train.steps=400] [--config.optim.groups.lora.lr=3e-4]
 
-Any key of the run config can be set with --config.<key path>=<value> (adapt/harness/config.py
+Any key of the run config can be set with --config.<key path>=<value> (adapt/config/schema.py
 lists them with their defaults). Re-running with the same workdir resumes from its newest
 checkpoint; a finished run is left as it is; a workdir of another experiment is refused.
 Multi-process: --coordinator=host:port --num_processes=N --process_id=i (CPU collectives use

@@ -13,9 +13,9 @@ import jax
 import pytest
 
 from adapt.checkpoint import WorkdirMismatchError
+from adapt.config import ConfigError
 from adapt.data import DataError
 from adapt.harness.command_line import load_config_file
-from adapt.harness.config import ConfigError
 from adapt.harness.loop import run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,10 +15,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from adapt import paths
+from adapt.config import ConfigError
 from adapt.data import eval_batches
 from adapt.harness import loop
 from adapt.harness.command_line import load_config_file
-from adapt.harness.config import ConfigError
 from adapt.harness.data_setup import load_split
 from adapt.harness.loop import build, evaluate, run
 from adapt.harness.model_setup import load_checkpoint

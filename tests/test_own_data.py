@@ -68,8 +68,8 @@ def test_your_own_file_trains_from_the_command_line(tmp_path, suffix):
 
 
 def test_a_single_file_holds_out_a_fraction_and_train_is_required(tmp_path):
+    from adapt.config import ConfigError
     from adapt.harness.command_line import load_config_file
-    from adapt.harness.config import ConfigError
 
     path = str(REPO / "configs/text/classify.py")
     config = load_config_file(path, "train=mine.csv,text=review,label=stars")

@@ -103,7 +103,7 @@ def test_refit_trains_again_on_train_and_validation_for_the_chosen_epochs(tmp_pa
 
 
 def test_selection_without_a_validation_split_is_refused(tmp_path):
-    from adapt.harness.config import ConfigError
+    from adapt.config import ConfigError
 
     cfg = load_config_file("configs/llm/stories_lora.py", "smoke")
     cfg.train.update(eval_every=1, select_best="loss")

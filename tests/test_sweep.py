@@ -154,9 +154,10 @@ def test_parts_run_as_separate_grids_with_a_part_column(tmp_path, monkeypatch):
 def test_every_point_of_every_sweep_config_builds_a_valid_run_config(name, arg, monkeypatch):
     """Each run a sweep would launch gets a config its base accepts (arguments, schema), so a typo
     fails here rather than an hour into the sweep. Nothing is trained."""
+    from adapt.config import RunConfig
     from adapt.harness import source_task
     from adapt.harness.command_line import load_config_file
-    from adapt.harness.config import RunConfig
+    from adapt.harness.validation import check_run
 
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(source_task, "check", lambda config: None)  # setup runs do not exist
@@ -164,15 +165,17 @@ def test_every_point_of_every_sweep_config_builds_a_valid_run_config(name, arg, 
     S.check_keys(sweep)
     setup_dirs = {k: Path("/nonexistent") / k for k in (sweep.get("setup") or {})}
     for spec in (sweep.get("setup") or {}).values():
-        RunConfig.parse(
-            load_config_file(spec["base"], S.arg_string(dict(spec.get("args") or {})))
-        ).validate()
+        check_run(
+            RunConfig.parse(
+                load_config_file(spec["base"], S.arg_string(dict(spec.get("args") or {})))
+            )
+        )
     count = 0
     for part in S.parts(sweep):
         for point in S.points(part["grid"], part.get("fixed")):
             args = S._substitute(point, setup_dirs)
             run_cfg = RunConfig.parse(load_config_file(part["base"], S.arg_string(args)))
-            run_cfg.validate()
+            check_run(run_cfg)
             per_class, data = run_cfg.data.examples_per_class, run_cfg.data
             classes = data.classes or data.label_names
             if per_class and classes:  # batches drop the remainder: one batch must fit

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from adapt import config as run_config
 from adapt import sharding, tasks
 from adapt.data import ClassificationData, DataError
-from adapt.harness import config as run_config
 from adapt.harness.evaluation import evaluate, predict
 from adapt.harness.selection import LOWER_IS_BETTER
 from adapt.tasks.classification import classification_metrics
@@ -31,7 +31,7 @@ def test_registry_and_config_name_the_same_tasks():
 
 
 def test_reading_a_config_imports_no_jax():
-    code = "import sys, adapt.harness.config; print('jax' in sys.modules)"
+    code = "import sys, adapt.config; print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -78,14 +78,15 @@ def test_regression_data_refuses_what_needs_classes():
 
 
 def _problems(**changes):
-    from adapt.harness.config import ConfigError, RunConfig
+    from adapt.config import ConfigError, RunConfig
+    from adapt.harness.validation import check_run
 
     base = {"task": "regression", "model": {"path": "m"}, "data": {"kind": "text", "source": "s"},
             "method": {"name": "full"}, "train": {"steps": 1}}  # fmt: skip
     for key, value in changes.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     with pytest.raises(ConfigError) as err:
-        RunConfig.parse(base).validate()
+        check_run(RunConfig.parse(base))
     return str(err.value)
 
 

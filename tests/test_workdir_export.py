@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from adapt.config import ConfigError
 from adapt.harness.command_line import load_config_file
-from adapt.harness.config import ConfigError
 from adapt.harness.loop import run
 from adapt.harness.workdir_export import export_workdir
 

@@ -5,7 +5,7 @@ overrides, and adapt's errors as one line and exit status 2.
         --config.train.steps=200 --config.optim.groups.lora.lr=3e-4 --workdir=...
 
 ``--config=path[:arg]`` names a file whose ``get_config(arg)`` returns the run's config;
-``--config.<key path>=<value>`` overrides any key of :class:`~adapt.harness.config.RunConfig`
+``--config.<key path>=<value>`` overrides any key of :class:`~adapt.config.RunConfig`
 (every default is there, so a key the file does not mention can still be set). Both are
 checked before anything runs; a misspelt key names the nearest known one.
 
@@ -18,15 +18,13 @@ traceback.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
+from adapt.config import ConfigError, apply_overrides, load_config_file
 from adapt.errors import USAGE_EXIT_CODE, AdaptError, one_line
-from adapt.harness.config import ConfigError
 
 _OVERRIDES: list[tuple[str, str]] = []
 
@@ -59,37 +57,9 @@ def overrides() -> list[tuple[str, str]]:
     return list(_OVERRIDES)
 
 
-def load_config_file(path: str, arg: str | None = None) -> Any:
-    """``get_config(arg)`` of a config file; a missing file, a file without ``get_config`` or
-    a bad argument is a :class:`ConfigError`."""
-    resolved = Path(path).resolve()
-    if not resolved.is_file():
-        raise ConfigError(f"config file not found: {path} (looked at {resolved})")
-    for parent in resolved.parents:  # configs import siblings as configs.<...>: their root
-        if parent.name == "configs" and str(parent.parent) not in sys.path:
-            sys.path.insert(0, str(parent.parent))
-            break
-    spec = importlib.util.spec_from_file_location(f"adapt_config_{resolved.stem}", resolved)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as e:
-        raise ConfigError(f"config file {path} does not parse: {e}") from e
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path} defines no get_config(arg)")
-    try:
-        return module.get_config(arg) if arg is not None else module.get_config()
-    except AdaptError:
-        raise
-    except (ValueError, KeyError, TypeError) as e:  # a config's own argument checks
-        raise ConfigError(f"{path}:{arg or ''}: {e}") from e
-
-
 def config_from_flag(spec: str | None, extra: Sequence[tuple[str, str]] = ()) -> dict:
     """The run config of ``--config=path[:arg]`` with the command line's ``--config.*``
     overrides applied and every default filled in (a plain dict)."""
-    from adapt.harness.config import apply_overrides
-
     if not spec:
         raise ConfigError("--config is required: --config=<config file>[:<arguments>]")
     path, _, arg = spec.partition(":")

@@ -1,4 +1,4 @@
-"""From a config's ``data`` section (:class:`~adapt.harness.config.DataSection`) to train and
+"""From a config's ``data`` section (:class:`~adapt.config.DataSection`) to train and
 eval data sets (see :mod:`adapt.data`).
 
 ``data.kind`` selects the loader (text | image | lm); every option of
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from adapt import weights
+from adapt.config import ConfigError, DataSection
 from adapt.data import (
     Augmentation,
     ClassificationData,
@@ -39,7 +40,6 @@ from adapt.data import (
     tokenize,
 )
 from adapt.data.dataset import select
-from adapt.harness.config import ConfigError, DataSection
 
 
 @dataclass

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from adapt import optim, partition, paths, sharding, tasks
+from adapt.config import ConfigError, RunConfig, suggest
 from adapt.data import steps_per_epoch
-from adapt.harness import exports
-from adapt.harness.config import ConfigError, RunConfig, suggest
+from adapt.harness import exports, validation
 from adapt.harness.data_setup import Data, load_data
 from adapt.harness.model_setup import FIT_ONLY, Model, attach_methods, forward_fn, load_model
 from adapt.train import Trainer, place_frozen
@@ -152,7 +152,7 @@ class Experiment:
 def build(config: Any) -> Experiment:
     """Check the config, then load data and model and attach the methods (writes nothing)."""
     config = RunConfig.parse(config)
-    config.validate()
+    validation.check_run(config)  # values that need no data or model, all problems at once
     seed, task = config.seed, tasks.get(config.task)
     rng_model, rng_method, rng_train = jax.random.split(jax.random.key(seed), 3)
     try:

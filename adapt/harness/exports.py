@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from adapt.harness.config import ConfigError, RunConfig
+from adapt.config import ConfigError, RunConfig
 from adapt.harness.model_setup import Model
 
 

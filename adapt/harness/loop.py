@@ -26,10 +26,10 @@ import numpy as np
 
 from adapt import partition
 from adapt.checkpoint import Checkpointer, PreemptionFlag, WorkdirMismatchError
+from adapt.config import ConfigError, RunConfig, suggest
 from adapt.data import steps_per_epoch, train_batches
 from adapt.fingerprint import config_fingerprint, params_fingerprint
 from adapt.harness import exports, run_report
-from adapt.harness.config import ConfigError, RunConfig, suggest
 from adapt.harness.evaluation import evaluate, predict
 from adapt.harness.experiment import (  # noqa: F401 - build and loss_function: public here too
     Experiment,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from adapt import partition, paths, weights
-from adapt.harness.config import ConfigError, MethodSection, ModelSection
+from adapt.config import ConfigError, MethodSection, ModelSection
 from adapt.methods import METHODS, base, build, recipes
 from adapt.models import families
 

@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 from adapt import paths
+from adapt.config import ConfigError
 from adapt.data import eval_batches
-from adapt.harness.config import ConfigError
 from adapt.harness.model_setup import head_pattern
 from adapt.methods.probe import extract_features, fit_logistic_regression, head_input
 
@@ -37,8 +37,8 @@ def head_module(model: Any, method_cfg: Any) -> str:
     if len(modules) != 1 or set(leaves) != {f"{modules[0]}/kernel", f"{modules[0]}/bias"}:
         raise ConfigError(
             f"fitting the head on cached features needs a head that is one linear layer (kernel "
-            f"and bias); {pattern!r} matches {leaves[:6]} (RoBERTa's own head has two layers: "
-            "set model.pooling to 'mean' for a one-layer head)"
+            f"and bias); {pattern!r} matches {leaves[:6]} (a checkpoint's own two-layer "
+            "head, dense then out_proj, is not: set model.pooling to 'mean' for a one-layer head)"
         )
     return modules[0]
 

@@ -17,7 +17,7 @@ import json
 import socket
 import time
 
-from adapt.harness.config import ConfigError
+from adapt.config import ConfigError
 
 
 def check_flags(coordinator: str | None, num_processes: int, process_id: int, timeout: int) -> None:

@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapt import partition, paths
+from adapt.config import ConfigError, RunConfig
 from adapt.data import eval_batches, select
-from adapt.harness.config import ConfigError, RunConfig
 from adapt.harness.data_setup import load_split
 from adapt.harness.model_setup import Model, head_pattern
 from adapt.harness.source_task import data_section

@@ -25,8 +25,8 @@ import jax
 import numpy as np
 
 from adapt import paths, tasks
+from adapt.config import ConfigError
 from adapt.convert.safetensors_io import SafetensorsReader, write_file
-from adapt.harness.config import ConfigError
 
 BEST_DIR = "best"
 LOWER_IS_BETTER = tuple(sorted(tasks.lower_is_better()))  # loss, perplexity, mse ...

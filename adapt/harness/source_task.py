@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from adapt import paths
-from adapt.harness.config import ConfigError, RunConfig, to_dict
+from adapt.config import ConfigError, RunConfig, to_dict
 from adapt.harness.data_setup import load_split
 from adapt.harness.evaluation import evaluate
 from adapt.harness.model_setup import DTYPES, Model, forward_fn, head_pattern, load_checkpoint

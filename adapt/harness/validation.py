@@ -1,4 +1,4 @@
-"""Value checks of a :class:`~adapt.harness.config.RunConfig` before anything is loaded or
+"""Value checks of a :class:`~adapt.config.RunConfig` before anything is loaded or
 written: hyperparameters finite and in range, names among the known ones, options that apply
 to the data kind. Every problem is collected, then raised as one :class:`ConfigError`.
 
@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from adapt import tasks
-from adapt.harness.config import (
+from adapt.config import (
     KIND_KEYS,
     TASKS,
     ConfigError,

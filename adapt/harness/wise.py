@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapt import paths
+from adapt.config import ConfigError, RunConfig
 from adapt.convert.safetensors_io import SafetensorsReader, write_file
-from adapt.harness.config import ConfigError, RunConfig
 from adapt.harness.evaluation import evaluate
 from adapt.methods.recipes import wise_ft
 

@@ -20,9 +20,9 @@ import numpy as np
 
 from adapt import partition
 from adapt.checkpoint import Checkpointer
+from adapt.config import ConfigError, ExportSection, RunConfig
 from adapt.fingerprint import config_fingerprint, params_fingerprint
 from adapt.harness import exports
-from adapt.harness.config import ConfigError, ExportSection, RunConfig
 from adapt.harness.experiment import Experiment, build, stage_trainer
 from adapt.harness.selection import BestModel
 

@@ -65,9 +65,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from adapt.config import check as check_schema
+from adapt.config import suggest
 from adapt.errors import PREEMPTED_EXIT_CODE, USAGE_EXIT_CODE, AdaptError
-from adapt.harness.config import check as check_schema
-from adapt.harness.config import suggest
 from adapt.studies import report
 from adapt.studies.report import metric_value
 
@@ -128,7 +128,7 @@ def check_keys(sweep: Any) -> None:
 def load_sweep(spec: str | None, overrides: Sequence[tuple[str, str]] = ()) -> Any:
     """The sweep config of ``--config=path[:arg]`` with ``--config.<key>=<value>`` overrides of
     its existing keys (values read as Python literals, else strings)."""
-    from adapt.harness.command_line import load_config_file
+    from adapt.config import load_config_file
 
     if not spec:
         raise SweepError("--config is required: --config=<sweep config file>[:<argument>]")

@@ -23,7 +23,7 @@ Arguments: method (lora | full), steps, seed, smoke.
 
 import ml_collections
 
-from adapt.harness.config import parse_arg
+from adapt.config import parse_arg
 
 DATA = "third_party/stories260K"
 

@@ -11,7 +11,7 @@ Arguments: method (lora | full), steps, seed, smoke.
 
 import ml_collections
 
-from adapt.harness.config import parse_arg
+from adapt.config import parse_arg
 
 
 def get_config(arg=None):

@@ -21,7 +21,7 @@ Arguments: method (qlora | lora), steps, seed, smoke.
 
 import ml_collections
 
-from adapt.harness.config import parse_arg
+from adapt.config import parse_arg
 
 
 def get_config(arg=None):

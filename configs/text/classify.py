@@ -40,7 +40,7 @@ for best-checkpoint selection and early stopping, evaluated every half epoch; th
 never used for a choice.
 """
 
-from adapt.harness.config import ConfigError, parse_arg
+from adapt.config import ConfigError, parse_arg
 from configs.text.recipe import check, classifier
 
 

@@ -25,7 +25,7 @@ the task gradient all behave alike, so sweep strength over decades (configs/swee
 Arguments: method, strength (0 = the method's default), per_class, source, seed, smoke.
 """
 
-from adapt.harness.config import ConfigError, parse_arg
+from adapt.config import ConfigError, parse_arg
 from configs.text import minilm
 
 # -> minilm method; logistic_regression: the head fitted on the frozen source encoder (no

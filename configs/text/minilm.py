@@ -45,7 +45,7 @@ fresh), train_examples, wise (the WiSE-FT curve over alpha), export (adapt's nat
 <workdir>/export_native), seed, smoke (seconds, for tests).
 """
 
-from adapt.harness.config import ConfigError, parse_arg
+from adapt.config import ConfigError, parse_arg
 from configs.text.recipe import check, classifier, val_fraction
 
 DATASETS = {

@@ -6,7 +6,7 @@ model sections those files choose.
 
 import ml_collections
 
-from adapt.harness.config import ConfigError
+from adapt.config import ConfigError
 
 # method -> (label of its trainable leaves, learning rate, options). Learning rates in the usual
 # ranges for BERT-sized encoders; the head (started from the probe) trains with the same one.

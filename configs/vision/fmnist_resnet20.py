@@ -14,7 +14,7 @@ smoke.
 
 import ml_collections
 
-from adapt.harness.config import parse_arg
+from adapt.config import parse_arg
 
 LR = {"scratch": 3e-3, "linear_probe": 1e-2, "full": 1e-3, "bitfit": 3e-3, "partial": 1e-3}
 

@@ -13,7 +13,7 @@ Arguments: stage, method, per_class, steps, pretrained, seed, smoke.
 
 import ml_collections
 
-from adapt.harness.config import parse_arg
+from adapt.config import parse_arg
 
 VIT = dict(image_size=28, patch_size=7, num_channels=1, hidden_size=64, num_hidden_layers=4,
            num_attention_heads=4, intermediate_size=128, hidden_dropout_prob=0.0,

@@ -8,11 +8,12 @@ field's type) and fills in every default, so
 - the harness reads ``config.train.batch_size``, never ``get(section, key, default)``, and each
   default lives in exactly one place (the dataclass fields here);
 - every key can be set from the command line (``--config.train.grad_accum=2``) whether or not the
-  config file mentions it (:func:`apply_overrides`, used by :mod:`adapt.harness.command_line`);
+  config file mentions it (:func:`adapt.config.overrides.apply_overrides`, used by
+  :mod:`adapt.harness.command_line`);
 - ``config.json`` in a workdir records every value the run used (:meth:`RunConfig.to_dict`).
 
-:meth:`RunConfig.validate` then checks values (finite, in range, consistent) before anything is
-loaded or written. Free-form places are ``model.config`` (model config fields), ``method.options``
+:func:`adapt.harness.validation.check_run` then checks values (finite, in range, consistent)
+before anything is loaded or written. Free-form places are ``model.config`` (model config fields), ``method.options``
 (the method's keyword arguments, checked by the method), ``optim.groups`` (one
 :class:`GroupSpec`-shaped dict per partition label, checked against the labels once the model is
 built) and the image ``preprocessing``/``augmentation`` dicts.
@@ -20,7 +21,6 @@ built) and the image ``preprocessing``/``augmentation`` dicts.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import math
@@ -48,10 +48,8 @@ __all__ = [
     "SourceTaskSection",
     "TrainSection",
     "WiseSection",
-    "apply_overrides",
-    "check",
-    "parse_arg",
     "suggest",
+    "is_finite_number",
     "to_dict",
 ]
 
@@ -177,9 +175,9 @@ def _type_problem(value: Any, hint: Any) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection(Section):
-    kind: str = "hf"  # hf | llama2c | resnet_cifar | vit (adapt's own ViT, from scratch)
+    kind: str = "hf"  # hf, or a format a family's record loads (families.model_kinds())
     path: str | None = None  # local dir/file, PyPI-packaged or hub model name
-    # e.g. BertForSequenceClassification (default: the dir's); "classifier": the family's
+    # e.g. a *ForSequenceClassification class (default: the dir's); "classifier": the family's
     # sequence or image classifier (configs/text/classify.py takes any checkpoint)
     architecture: str | None = None
     init: str = "pretrained"  # pretrained | scratch (the same architecture, random init)
@@ -188,7 +186,7 @@ class ModelSection(Section):
     config: dict = dataclasses.field(default_factory=dict)  # model config fields to override
     head: str | None = None  # regex of the task head's leaves (default: the family's)
     new_head: bool = False  # a fresh head even when the checkpoint's fits by shape
-    # classifier pooling: BERT family cls | pooler | mean, ViT cls | gap; None: what the
+    # classifier pooling: cls | pooler | mean (text encoders), cls | gap (images); None: what the
     # checkpoint was trained for (a sentence-transformers folder's pooling, else the
     # architecture's own head)
     pooling: str | None = None
@@ -474,163 +472,8 @@ class RunConfig:
         """Every key and value (defaults included): config.json and the config fingerprint."""
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
-    def validate(self) -> None:
-        """Value checks that need no data or model: finite, in range, consistent."""
-        from adapt.harness import validation
-
-        validation.check_run(self)
-
-
-# -------------------------------------------------------------------------------- overrides
-def _hint_at(path: Sequence[str]) -> tuple[Any, bool]:
-    """``(annotation, free_form)`` of the value at ``path`` (free-form: any key, any value)."""
-    node: Any = RunConfig
-    for i, key in enumerate(path):
-        if node is None:  # inside a free-form dict
-            return None, True
-        if node is _GROUP:  # optim.groups.<label>: any label (checked against the partition)
-            if i == len(path) - 1:
-                return dict, False
-            node = GroupSpec
-            continue
-        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
-            return None, True
-        hints = typing.get_type_hints(node)
-        if key not in hints:
-            raise KeyError(key)
-        hint = hints[key]
-        section = next((o for o in _options(hint) if isinstance(o, type) and
-                        dataclasses.is_dataclass(o)), None)  # fmt: skip
-        if section is not None:
-            node = section
-            continue
-        free = key in getattr(node, "FREE_FORM", ()) or (node is OptimSection and key == "groups")
-        if i == len(path) - 1:
-            return hint, False
-        node = _GROUP if (node is OptimSection and key == "groups") else None if free else hint
-    return node, False
-
-
-_GROUP = object()  # marker: the next key is an optimizer-group label
-
-
-def _coerce(text: str, hint: Any) -> Any:
-    """A command-line string as a value of type ``hint`` (free-form: a Python literal, else
-    the string itself)."""
-    options = [o for o in _options(hint)] if hint is not None else []
-    if type(None) in options and text.strip() in ("None", "none", "null"):
-        return None
-    for option in options:
-        origin = typing.get_origin(option) or option
-        try:
-            if origin is bool:
-                if text.lower() in ("true", "1", "yes"):
-                    return True
-                if text.lower() in ("false", "0", "no"):
-                    return False
-                continue
-            if origin is int:
-                return int(text)
-            if origin is float:
-                return float(text)
-            if origin in (list, tuple, dict):
-                value = ast.literal_eval(text)
-                if isinstance(value, list | tuple | dict):
-                    return _normalise(value)
-                continue
-        except (ValueError, SyntaxError):
-            continue
-    if str in options or hint is None or not options:
-        if hint is None:
-            try:
-                return _normalise(ast.literal_eval(text))
-            except (ValueError, SyntaxError):
-                return text
-        return text
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ConfigError(f"cannot read {text!r} as {names.replace('NoneType', 'None')}")
-
-
-def apply_overrides(config: Any, overrides: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """``config`` (any form :meth:`RunConfig.parse` takes) with ``key.path=value`` overrides,
-    as a plain dict with every default filled in. Unknown keys are :class:`ConfigError` with a
-    suggestion; values are read as the field's type (``None``/``none`` clears an optional one).
-    """
-    full = RunConfig.parse(config).to_dict()
-    for dotted, text in overrides:
-        path = [p for p in dotted.split(".") if p]
-        if not path:
-            raise ConfigError(f"empty config override {dotted!r}")
-        try:
-            hint, _ = _hint_at(path)
-        except KeyError as e:
-            bad = e.args[0]
-            where = path[: path.index(bad)]
-            known = _known_at(where, full)
-            prefix = ".".join(where)
-            raise ConfigError(
-                f"unknown config key {'.'.join([*where, bad])}"
-                + (suggest(bad, known) if known else "")
-                + (f" (--config.{prefix}.<key>)" if prefix and not known else "")
-            ) from None
-        node = full
-        for i, key in enumerate(path[:-1]):
-            if node.get(key) is None:
-                sub = path[: i + 1]
-                node[key] = _SECTIONS[key]().to_dict() if len(sub) == 1 and key in _SECTIONS else {}
-            if not isinstance(node[key], dict):
-                raise ConfigError(
-                    f"cannot set {dotted}: {'.'.join(path[: i + 1])} is {node[key]!r}, not a dict"
-                )
-            node = node[key]
-        try:
-            node[path[-1]] = _coerce(text, hint)
-        except ConfigError as e:
-            raise ConfigError(f"--config.{dotted}: {e}") from None
-    return RunConfig.parse(full).to_dict()
-
-
-def _known_at(path: Sequence[str], full: Mapping[str, Any]) -> list[str]:
-    node: Any = full
-    for key in path:
-        node = node.get(key) if isinstance(node, Mapping) else None
-    if isinstance(node, Mapping) and node:
-        return list(node)
-    if not path:
-        return [f.name for f in dataclasses.fields(RunConfig)]
-    if path[-1] in _SECTIONS:
-        return _SECTIONS[path[-1]].keys()
-    if len(path) == 3 and path[:2] == ["optim", "groups"]:
-        return GroupSpec.keys()
-    return []
-
 
 # ----------------------------------------------------------------------------- small helpers
-def check(
-    config: Mapping[str, Any] | ml_collections.ConfigDict,
-    schema: Mapping[str, set[str] | None],
-    kind: str = "config",
-) -> None:
-    """Raise naming every key of ``config`` that ``schema`` does not list (top level and within
-    the sections it details): the sweep configs' check (adapt.studies.sweep)."""
-    problems = []
-    for key, value in config.items():
-        if key not in schema:
-            problems.append(f"unknown {kind} key {key!r}{suggest(key, list(schema))}")
-            continue
-        allowed = schema[key]
-        if allowed is None or value is None:
-            continue
-        if not isinstance(value, Mapping | ml_collections.ConfigDict):
-            problems.append(f"{key} must be a dict of settings, got {type(value).__name__}")
-            continue
-        for sub in value:
-            if sub not in allowed:
-                problems.append(f"unknown {kind} key {key}.{sub}{suggest(sub, list(allowed))}")
-    if problems:
-        raise ConfigError(f"{kind} problems:\n  " + "\n  ".join(problems))
-
-
 def to_dict(config: Any) -> dict:
     if config is None:
         return {}
@@ -641,41 +484,3 @@ def to_dict(config: Any) -> dict:
 
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-    """big_vision-style ``get_config`` argument: ``"method=lora,smoke=True,steps=200"``.
-
-    Values are parsed as the type of their default (bool accepts true/false/1/0); a key without a
-    default is an error naming the nearest known one.
-    """
-    out = ml_collections.ConfigDict(defaults)
-    if not arg:
-        return out
-    for item in arg.split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if key not in defaults:
-            raise ConfigError(f"unknown config argument {key!r}{suggest(key, list(defaults))}")
-        if not sep:  # a bare name is a true flag ("smoke")
-            value = "true"
-        default = defaults[key]
-        try:
-            if isinstance(default, bool):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                out[key] = value.lower() in ("true", "1")
-            elif isinstance(default, int):
-                out[key] = int(value)
-            elif isinstance(default, float):
-                out[key] = float(value)
-            else:
-                out[key] = value
-        except ValueError:
-            kind = type(default).__name__
-            raise ConfigError(
-                f"config argument {key}={value!r} is not a {kind} (default {default!r})"
-            ) from None
-    return out
