@@ -7,13 +7,13 @@ when each decoder layer is checkpointed: the forward keeps a layer's input and n
 it, and the backward recomputes one layer at a time, so activation memory goes from ``L`` layers'
 residuals to ``L`` layer inputs plus one layer's residuals.
 
-How a policy reaches the layers: a model with a per-layer hook (LLaMA:
-``LlamaForCausalLM(config, remat="full")``) wraps its decoder layer class with
+How a policy reaches the layers: a model with a per-layer hook (adapt's decoders, e.g. built
+with ``remat="full"``) wraps its decoder layer class with
 :func:`checkpointed`, taking the policy from its own ``remat`` attribute or, when that is
 ``None``, from the innermost :func:`scope`. :class:`adapt.train.Trainer` traces its step inside
 ``scope(remat)``, so ``Trainer(remat=...)`` (the harness's ``train.remat``) needs no change to
 how models are built. The model marks the scope as *seen*; a Trainer whose scope no model saw
-(BERT, ViT and ResNet have no hook) refuses the option rather than silently ignoring it.
+(the encoders and the CNNs have no hook) refuses the option rather than silently ignoring it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Qwen2, the family added through the registry alone: parity with transformers (float32, CPU),
 export round trip, LoRA exported to PEFT, strict config reading."""
 
+import json
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
+REPO = Path(__file__).resolve().parents[1]
 VOCAB = 97
 ARCH = "Qwen2ForCausalLM"
 
@@ -180,3 +184,33 @@ def test_a_released_style_config_reads():
     config = hf_qwen2.config_from_hf(hf)
     assert (config.head_dim, config.num_key_value_heads, config.rope_theta) == (64, 2, 1e6)
     assert families.get("qwen2").converter == hf_qwen2.__name__
+
+
+@pytest.mark.slow
+def test_lora_smoke_run_through_the_harness(tmp_path, randomized_eval):
+    """configs/llm/stories_lora.py's smoke run with a tiny random Qwen2 checkpoint (the vendored
+    SentencePiece vocabulary's 512 tokens) in place of stories260K: the registry alone takes it
+    through data, LoRA with the family's default targets, training and evaluation."""
+    from adapt.harness.command_line import load_config_file
+    from adapt.harness.loop import run
+
+    torch.manual_seed(0)
+    hf = randomized_eval(transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(vocab_size=512, hidden_size=32, intermediate_size=56,
+                                 num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=256,
+                                 tie_word_embeddings=True)
+    ))  # fmt: skip
+    hf.save_pretrained(tmp_path / "qwen2", safe_serialization=True)
+    config = load_config_file(str(REPO / "configs/llm/stories_lora.py"), "smoke")
+    config.model = {"kind": "hf", "path": str(tmp_path / "qwen2")}
+    config.data.source = str(REPO / config.data.source)
+    config.data.tokenizer = str(REPO / config.data.tokenizer)
+    results = run(config, tmp_path / "w")
+    assert results["steps"] == 4 and results["trainable_params"] > 0
+    assert np.isfinite(results["eval"]["loss"]) and results["eval"]["perplexity"] > 1
+    losses = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").open()]
+    assert [m["step"] for m in losses if m["split"] == "train"] == [2, 4]
+    # rank-8 LoRA on the family's default targets only: q_proj (32 -> 32) and v_proj (32 -> 16,
+    # two KV heads) of both layers
+    assert results["trainable_params"] == 2 * (8 * (32 + 32) + 8 * (32 + 16))

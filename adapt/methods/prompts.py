@@ -3,16 +3,16 @@
 - **Prompt tuning** (Lester et al. 2021) prepends ``num_tokens`` learned vectors to the input
   embeddings through every model's ``extend_inputs`` extension point, and extends the attention
   mask to cover them. Outputs then hold ``num_tokens`` extra leading positions (as in PEFT).
-  On BERT-style encoders PEFT instead prepends the prompt as virtual *word* embeddings, before
-  position/token-type embeddings and the embedding LayerNorm (a different function);
-  :class:`VirtualTokenPromptTuning` computes that one, so that it can be exchanged with PEFT
-  (:mod:`adapt.peft_format`). On LLaMA both layouts coincide.
+  On encoders that add position and token-type embeddings before a LayerNorm, PEFT instead
+  prepends the prompt as virtual *word* embeddings, before those and the LayerNorm (a different
+  function); :class:`VirtualTokenPromptTuning` computes that one, so that it can be exchanged
+  with PEFT (:mod:`adapt.peft_format`). On decoders both layouts coincide.
 - **Prefix tuning** (Li & Liang 2021) gives every attention layer ``num_tokens`` learned keys and
   values. While training they are produced by a reparameterisation MLP from a shared embedding
   (``prefix_embedding -> tanh(W1) -> per-layer projection``), which the paper found necessary for
   stable optimisation; :meth:`PrefixTuning.fold` evaluates the MLP once and keeps only the
   per-layer keys and values. By default the prefix enters through a zero-initialised gate
-  (LLaMA-Adapter's zero-init attention, Zhang et al. 2023): ``attn(q, K, V) + tanh(g) *
+  (the zero-init attention gating of Zhang et al. 2023): ``attn(q, K, V) + tanh(g) *
   attn(q, K_p, V_p)`` with ``g = 0``, so the model is exactly unchanged at init; ``gated=False``
   concatenates the prefix to the keys and values as in the original paper.
 - **P-tuning v2** (Liu et al. 2022) is deep prompting: per-layer prefixes without the MLP,
@@ -101,14 +101,14 @@ class PromptTuning(Method):
 
 
 class VirtualTokenPromptTuning(PromptTuning):
-    """Prompt tuning as PEFT does it on BERT-style encoders: ``num_tokens`` learned vectors take
+    """Prompt tuning as PEFT does it on encoders with token-type embeddings: ``num_tokens`` learned vectors take
     the place of word embeddings in front of the input, so they get position (the first
     ``num_tokens`` ones, real tokens shifting right) and token-type-0 embeddings and go through the
     embedding LayerNorm and dropout like real tokens. The leaf is ``.../embeddings/
     prompt_embeddings``; outputs hold ``num_tokens`` extra leading positions.
 
     It exists because :class:`PromptTuning` (after the LayerNorm, positions unchanged) computes a
-    different function on BERT than PEFT's prompt tuning, so only this one can be exported to
+    different function on such encoders than PEFT's prompt tuning, so only this one can be exported to
     and imported from PEFT there (:mod:`adapt.peft_format`)."""
 
     def describe_targets(self) -> str:

@@ -11,7 +11,7 @@ In the parameter tree a quantised ``.../q_proj/kernel`` is replaced by plain arr
 kernel_leaves`), so partitioning, sharding and checkpoint code that sees nested dicts of arrays
 works unchanged; :meth:`QLoRA.rules` labels them frozen. Two steps, in this order:
 
-    qlora = QLoRA(ALL_LINEAR["llama"], rank=8)
+    qlora = QLoRA(families.get(name).all_linear, rank=8)  # every linear layer of the blocks
     params = qlora.prepare(params)                    # float kernels -> NF4 leaves
     extra = base.init(model, params, [qlora], rng, ids)
 

@@ -12,12 +12,12 @@ weights of ``modules_to_save`` (a new classification head) under their HF names.
 PEFT only warns about keys that do not fit the model and silently computes something else;
 :func:`import_adapter` raises instead, naming the keys, options or shapes that are wrong.
 
-Prompt tuning on BERT-style encoders: PEFT prepends the prompt as virtual *word* embeddings, which
+Prompt tuning on encoders with token-type embeddings: PEFT prepends the prompt as virtual *word* embeddings, which
 then receive position and token-type embeddings and the embedding LayerNorm, and it shifts the real
 tokens' positions. adapt's :class:`~adapt.methods.PromptTuning` prepends after the LayerNorm
 (through ``extend_inputs``), a different function;
 :class:`~adapt.methods.VirtualTokenPromptTuning` computes PEFT's, and only it is exchanged with
-PEFT for BERT. On LLaMA both layouts coincide.
+PEFT for them (the family record's ``peft_prompt``). On decoders both layouts coincide.
 
 The package is cut by concept: :mod:`.names` (file names, adapt paths <-> HF module names),
 :mod:`.config` (``adapter_config.json`` options and PEFT's module matching), :mod:`.exporting`

@@ -69,8 +69,8 @@ def export_adapter(
     ``peft.PeftModel.from_pretrained(<transformers architecture>, directory)`` loads.
 
     ``params``: the full tree (base + method leaves, as after training). ``methods``: exactly one
-    LoRA (rsLoRA/DoRA), IA3, or prompt tuning (``VirtualTokenPromptTuning`` for BERT-style
-    encoders). Base leaves matching ``modules_to_save_regex`` (default: a ``classifier``/``score``
+    LoRA (rsLoRA/DoRA), IA3, or prompt tuning (``VirtualTokenPromptTuning`` where the family's
+    record says PEFT's prompt enters as virtual tokens). Base leaves matching ``modules_to_save_regex`` (default: a ``classifier``/``score``
     head) are saved in full as PEFT's ``modules_to_save``; every other base leaf must be the
     base checkpoint's, since PEFT will take it from there.
     """
@@ -91,7 +91,7 @@ def export_adapter(
     else:
         raise AdapterFormatError(
             f"{type(method).__name__} has no PEFT format adapt can write; supported: LoRA "
-            "(incl. rsLoRA and DoRA), IA3, PromptTuning (VirtualTokenPromptTuning for BERT)"
+            "(incl. rsLoRA and DoRA), IA3, PromptTuning or VirtualTokenPromptTuning"
         )
     task = _task_type(architecture)
     saved, head_tensors = _modules_to_save(flat, model, modules_to_save_regex)

@@ -119,8 +119,8 @@ def _sort_keys(cfg: dict, shapes: Mapping, config: Any, architecture: str, where
             unexpected.append(key)
     if peft_type == "PROMPT_TUNING" and "prompt_embeddings" not in shapes:
         missing.append("prompt_embeddings")
-    # The backbone prefix may differ from the architecture's (an adapter made on BertModel used
-    # on BertForSequenceClassification): name the modules the way that fits more of the keys.
+    # The backbone prefix may differ from the architecture's (an adapter made on the bare
+    # backbone used on its classifier): name the modules the way that fits more of the keys.
     model = max(
         (model_info(config, architecture, hf_keys) for hf_keys in (None, list(stripped))),
         key=lambda m: sum(

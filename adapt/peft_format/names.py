@@ -1,9 +1,9 @@
 """Naming shared by export and import: an adapter directory's file names, and how adapt's
 parameter paths translate to Hugging Face module names for one architecture.
 
-The names come from the family's conversion table (:mod:`adapt.convert.hf_bert`, ...), the same
-one ``load_pretrained`` and ``save_pretrained`` use, so ``bert/encoder/layer_0/attention/self/
-query`` is ``bert.encoder.layer.0.attention.self.query`` in both a checkpoint and an adapter.
+The names come from the family's conversion table (its converter in :mod:`adapt.convert`), the
+same one ``load_pretrained`` and ``save_pretrained`` use, so ``model/layers_0/self_attn/q_proj``
+is ``model.layers.0.self_attn.q_proj`` in both a checkpoint and an adapter.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def model_info(config: Any, architecture: str, hf_keys: Sequence[str] | None) ->
     """The module, base parameter shapes and name table of ``architecture``.
 
     ``hf_keys`` is None when exporting (name modules as ``architecture`` does), else an adapter's
-    keys, so that one made on a different head (``BertModel``) can still be named on this one.
+    keys, so that one made on a different head (the bare backbone) can still be named on this one.
     ``dense`` lists the modules adapters can attach to: 2-D kernels that are HF ``.weight``s.
     """
     try:
