@@ -308,7 +308,8 @@ class DataSection(Section):
     text_column: str | None = None
     cache_dir: str | None = None
     # text
-    tokenizer: str | None = None  # tokenizer.json (text) or SentencePiece .model (lm)
+    # tokenizer.json or its folder (text; lm: also a SentencePiece .model); default: model.path's
+    tokenizer: str | None = None
     max_length: int = 128
     bucket_boundaries: list | None = dataclasses.field(default_factory=lambda: [16, 32, 64, 128])
     token_type_ids: bool = True

@@ -27,9 +27,10 @@ response tokens and EOS. Unpacked (default) each example is one row, truncated t
 tokens and padded; examples left with no target after truncation are dropped (an error if none
 remain). ``pack=True`` packs them like documents.
 
-Tokenizers follow :class:`LMTokenizer` (``adapt.data.tokenizers.SentencePieceTokenizer`` does); a
-path to a SentencePiece ``.model`` file is loaded as one. Batching is
-:mod:`adapt.data.batching`'s, with no padding decisions (rows are already fixed-length).
+Tokenizers follow :class:`LMTokenizer` (:mod:`adapt.data.tokenizers`' do); a path to a
+SentencePiece ``.model`` file, a ``tokenizer.json`` or a checkpoint folder is loaded as one.
+Batching is :mod:`adapt.data.batching`'s, with no padding decisions (rows are already
+fixed-length).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from adapt.data.tables import column, read_table
 
 
 class LMTokenizer(Protocol):
-    bos_id: int
+    bos_id: int | None  # None: the tokenizer has no BOS; documents start with their first token
     eos_id: int
 
     def encode(self, text: str, *, bos: bool = ..., eos: bool = ...) -> list[int]: ...
@@ -161,14 +162,15 @@ def split_documents(text: str, document_separator: str = "blank_line") -> list[s
 
 def as_lm_tokenizer(tokenizer: Any) -> LMTokenizer:
     if isinstance(tokenizer, str | os.PathLike):
-        from adapt.data.tokenizers import SentencePieceTokenizer
+        from adapt.data.tokenizers import load_lm_tokenizer
 
-        return SentencePieceTokenizer(require_path(tokenizer, "SentencePiece tokenizer model"))
+        return load_lm_tokenizer(tokenizer)
     for attr in ("bos_id", "eos_id", "encode"):
         if not hasattr(tokenizer, attr):
             raise DataError(
                 f"the tokenizer lacks {attr!r}; pass an object like "
-                "adapt.data.tokenizers.SentencePieceTokenizer or a path to a .model file"
+                "adapt.data.tokenizers.SentencePieceTokenizer, a .model file, a tokenizer.json or "
+                "a checkpoint folder"
             )
     return tokenizer
 
@@ -209,7 +211,8 @@ def load_lm_text(
         raise DataError(f"{where} holds no documents; is the file empty or the separator wrong?")
     sequences, weights = [], []
     for doc in docs:
-        ids = [tok.bos_id] * bos + list(tok.encode(doc, bos=False, eos=False)) + [tok.eos_id] * eos
+        start = [tok.bos_id] if bos and tok.bos_id is not None else []
+        ids = start + list(tok.encode(doc, bos=False, eos=False)) + [tok.eos_id] * eos
         sequences.append(ids)
         weights.append([0.0] + [1.0] * (len(ids) - 1))
     return pack(sequences, weights, seq_len, pad_id)
@@ -244,7 +247,8 @@ def load_prompt_response(
                 f"row {row} of {where}: prompt and response must be strings; got "
                 f"{type(prompt).__name__} and {type(response).__name__}"
             )
-        p = [tok.bos_id] + list(tok.encode(template.format(prompt=prompt), bos=False, eos=False))
+        start = [tok.bos_id] if tok.bos_id is not None else []
+        p = start + list(tok.encode(template.format(prompt=prompt), bos=False, eos=False))
         r = list(tok.encode(response, bos=False, eos=False)) + [tok.eos_id]
         sequences.append(p + r)
         weights.append([0.0] * len(p) + [1.0] * len(r))

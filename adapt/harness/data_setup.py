@@ -218,7 +218,7 @@ def load_data(
     classes: ``num_labels`` and ``label_names`` are None)."""
     section = DataSection.parse_one(section, "data")
     if section.kind == "lm":
-        return _load_lm(section)
+        return _load_lm(section, model_path)
     splits = load_splits(section, seed=seed, model_path=model_path, regression=regression)
     train, evaluation = splits["train"], splits["eval"]
     if regression:
@@ -246,20 +246,16 @@ _LM_PROMPT = ("prompt_column", "response_column", "template", "pack_examples", "
               "cache_dir")  # fmt: skip
 
 
-def _load_lm(section: DataSection) -> Data:
-    from adapt.data.tokenizers import SentencePieceTokenizer
+def _load_lm(section: DataSection, model_path: str | None = None) -> Data:
+    from adapt.data.tokenizers import load_lm_tokenizer
 
-    if section.tokenizer is None:
-        raise ConfigError("data.tokenizer is required for kind 'lm' (a SentencePiece .model)")
-    tokenizer_path = weights.resolve(section.tokenizer)
-    if not tokenizer_path.is_file():
-        raise DataError(f"data.tokenizer {tokenizer_path} is not a SentencePiece .model file")
-    try:
-        tokenizer = SentencePieceTokenizer(tokenizer_path)
-    except (OSError, RuntimeError) as e:
-        raise DataError(
-            f"data.tokenizer {tokenizer_path} is not a SentencePiece model ({e})"
-        ) from None
+    given = section.tokenizer or model_path  # a checkpoint folder ships its tokenizer.json
+    if given is None:
+        raise ConfigError(
+            "data.tokenizer is required for kind 'lm' (a SentencePiece .model, a tokenizer.json "
+            "or a checkpoint folder)"
+        )
+    tokenizer = load_lm_tokenizer(weights.resolve(given))
     if section.format == "text":
         loader, keys = load_lm_text, _LM_TEXT
     elif section.format == "prompt_response":
