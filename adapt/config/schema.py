@@ -324,12 +324,13 @@ class DataSection(Section):
     data_dir: str | None = None
     # lm
     seq_len: int = 128
-    format: str = "text"  # text | prompt_response
+    format: str = "text"  # text | prompt_response | chat (messages lists: adapt.data.chat)
     document_separator: str | None = None
     bos: bool | None = None
     eos: bool | None = None
     max_documents: int | None = None
     prompt_column: str | None = None
+    messages_column: str | None = None  # chat: the column of message lists (default messages)
     response_column: str | None = None
     template: str | None = None
     pack_examples: bool | None = None
@@ -350,6 +351,7 @@ KIND_KEYS = {
     "lm": _COMMON | {
         "eval_fraction", "split_seed", "val_fraction", "tokenizer", "seq_len", "format", "document_separator", "bos", "eos", "max_documents",
         "text_column", "prompt_column", "response_column", "template", "pack_examples", "pad_id",
+        "messages_column",
     },
 }  # fmt: skip
 

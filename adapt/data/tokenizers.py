@@ -45,6 +45,18 @@ def _token(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _chat_template(value: Any, folder: Path) -> str | None:
+    """tokenizer_config.json's ``chat_template`` (a string, or named templates of which the
+    ``default`` one), else a ``chat_template.jinja`` file beside it (newer checkpoints)."""
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    if isinstance(value, str) and value:
+        return value
+    file = folder / "chat_template.jinja"
+    return file.read_text() if file.is_file() else None
+
+
 class HuggingFaceTokenizer:
     """A Hugging Face fast tokenizer (``tokenizer.json``) for causal-LM data.
 
@@ -53,7 +65,8 @@ class HuggingFaceTokenizer:
     work as with :class:`SentencePieceTokenizer`. BOS and EOS are the tokens
     ``tokenizer_config.json`` names; a tokenizer without a BOS (Qwen2) has ``bos_id`` None and
     documents start with their first token. A tokenizer without an EOS is refused: packing
-    needs one between documents.
+    needs one between documents. ``chat_template`` is the checkpoint's, for chat data
+    (:mod:`adapt.data.chat`).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -66,8 +79,13 @@ class HuggingFaceTokenizer:
         config_file = folder / "tokenizer_config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         self.vocab_size: int = self.tokenizer.get_vocab_size()
-        self.bos_id: int | None = self._id(_token(config.get("bos_token")), file)
-        self.eos_id: int = self._id(_token(config.get("eos_token")), file)
+        self.bos_token, self.eos_token = (
+            _token(config.get("bos_token")),
+            _token(config.get("eos_token")),
+        )
+        self.bos_id: int | None = self._id(self.bos_token, file)
+        self.eos_id: int = self._id(self.eos_token, file)
+        self.chat_template: str | None = _chat_template(config.get("chat_template"), folder)
         if self.eos_id is None:
             raise DataError(
                 f"{config_file if config_file.is_file() else folder}: no eos_token; causal-LM "

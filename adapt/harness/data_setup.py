@@ -244,6 +244,7 @@ def load_split(section: DataSection | Any, role: str, *, seed: int, model_path: 
 _LM_TEXT = ("document_separator", "bos", "eos", "max_documents", "text_column", "cache_dir")
 _LM_PROMPT = ("prompt_column", "response_column", "template", "pack_examples", "max_examples",
               "cache_dir")  # fmt: skip
+_LM_CHAT = ("messages_column", "pack_examples", "max_examples", "cache_dir")
 
 
 def _load_lm(section: DataSection, model_path: str | None = None) -> Data:
@@ -260,8 +261,14 @@ def _load_lm(section: DataSection, model_path: str | None = None) -> Data:
         loader, keys = load_lm_text, _LM_TEXT
     elif section.format == "prompt_response":
         loader, keys = load_prompt_response, _LM_PROMPT
+    elif section.format == "chat":
+        from adapt.data.chat import load_chat
+
+        loader, keys = load_chat, _LM_CHAT
     else:
-        raise ConfigError(f"data.format {section.format!r} is not 'text' or 'prompt_response'")
+        raise ConfigError(
+            f"data.format {section.format!r} is not 'text', 'prompt_response' or 'chat'"
+        )
     options = {k: getattr(section, k) for k in keys if getattr(section, k) is not None}
     if section.pad_id is not None:
         options["pad_id"] = section.pad_id

@@ -120,7 +120,7 @@ def check_data(problems: _Problems, where: str, data: DataSection, task: str | N
         problems.at_least(f"{where}.max_length", data.max_length, 2)
     if kind == "lm":
         problems.at_least(f"{where}.seq_len", data.seq_len, 2)
-        problems.choice(f"{where}.format", data.format, ("text", "prompt_response"))
+        problems.choice(f"{where}.format", data.format, ("text", "prompt_response", "chat"))
     for key in ("max_examples", "examples_per_class", "eval_max_examples", "max_documents"):
         if getattr(data, key) is not None:
             problems.at_least(f"{where}.{key}", getattr(data, key), 1)
