@@ -140,6 +140,7 @@ def test_eos_stops_rows_and_the_loop(stories, batch, tokenizer):
         assert counter.calls == lengths[row]  # the prefill + one call per further step, no more
 
 
+@pytest.mark.slow
 def test_methods_attach_during_generation(stories, batch):
     """LoRA through ``methods=`` generates what its merged weights generate (and not what the
     base model does); prompt tuning is refused by the cache and runs uncached."""

@@ -99,6 +99,7 @@ def test_remat_keeps_parameter_paths():
         LlamaForCausalLM(CONFIG, remat="layers").init(jax.random.key(0), ids)
 
 
+@pytest.mark.slow
 def test_the_trainer_scope_reaches_the_layers():
     module, m, params = _setup("lora")
     ids = jnp.ones((2, 8), jnp.int32)

@@ -176,6 +176,7 @@ def _prefix_interceptor(prefix_k, prefix_v):
     return interceptor
 
 
+@pytest.mark.slow
 def test_kv_cache_decode_equals_full_recompute(hf_models):
     """Prefill a left-padded prompt, then decode 1, 1 and 3 tokens: logits equal one full pass.
     Prefix keys/values are prepended through ``extend_kv`` (as prefix tuning will), so the cache,

@@ -101,6 +101,7 @@ def test_named_adapters_coexist_and_switch(tiny_bert):
 
 
 @pytest.mark.parametrize("name", ["lora", "dora", "ia3", "houlsby", "prefix", "prompt", "bitfit"])
+@pytest.mark.slow
 def test_training_changes_only_the_method_and_head(tiny_bert, name):
     model, params = tiny_bert
     head = r"classifier/.*"

@@ -170,6 +170,7 @@ EXPORT_CASES = {
 
 
 @pytest.mark.parametrize("case", list(EXPORT_CASES))
+@pytest.mark.slow
 def test_trained_adapter_loads_in_peft_with_same_logits(case, ours, bert_dir, llama_dir, tmp_path):
     family, make, train, saved = EXPORT_CASES[case]
     method = make()

@@ -118,6 +118,7 @@ def test_lora_matches_peft_logits_and_adapter_gradients(hf_bert):
             )
 
 
+@pytest.mark.slow
 def test_ia3_matches_peft_logits_and_gradients(hf_bert):
     ids, mask, labels = _batch()
     hf_model = transformers.BertForSequenceClassification.from_pretrained(hf_bert).eval()

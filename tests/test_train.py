@@ -103,6 +103,7 @@ def test_sharded_training_matches_single_device():
         assert mu and all(m.sharding.spec[0] == "data" for m in mu)  # moments sharded like params
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch():
     full, _ = _losses(*_setup(), _batches())
     accum, _ = _losses(*_setup(grad_accum=4), _batches())
@@ -216,6 +217,7 @@ def test_a_nan_learning_rate_never_reaches_the_weights():
     del optax
 
 
+@pytest.mark.slow
 def test_the_trainer_runs_the_one_public_step_and_a_penalty_is_its_own_input():
     """adapt.step.train_step jitted by hand gives the Trainer's states on one device, and a
     penalty's inputs are an argument of the step (not entries of ``frozen``): the penalty

@@ -18,6 +18,7 @@ from adapt.data import steps_per_epoch
 from adapt.harness import exports, validation
 from adapt.harness.data_setup import Data, load_data
 from adapt.harness.model_setup import FIT_ONLY, Model, attach_methods, forward_fn, load_model
+from adapt.models import families
 from adapt.train import Trainer, place_frozen
 
 
@@ -185,9 +186,13 @@ def stage_trainer(exp: Experiment, rules: Any) -> tuple[Trainer, dict, dict, dic
     decay = config.optim.layerwise_decay
     multipliers = None
     if decay:
-        layers = getattr(exp.model.config, "num_hidden_layers", None)
+        field = families.get(exp.model.family).num_layers_field  # what counts its blocks
+        layers = getattr(exp.model.config, field, None) if field else None
         if layers is None:
-            raise ConfigError("optim.layerwise_decay needs a model with num_hidden_layers")
+            raise ConfigError(
+                "optim.layerwise_decay needs a layered model (a layer count in its config, e.g. "
+                f"num_hidden_layers); {exp.model.family} models have none"
+            )
         multipliers = optim.layerwise_multipliers(trainable, int(layers), float(decay))
     groups = _group_specs(config, set(paths.flatten(tl).values()), total)
     tx = optim.build(tl, groups, max(total, 1), multipliers=multipliers)
