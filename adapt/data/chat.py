@@ -22,10 +22,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from adapt.data.dataset import DataError
-from adapt.data.lm import LMData, pack, pad_each
+from adapt.data.lm import LMData, target_rows
 from adapt.data.tables import column, read_table
 
 
@@ -138,16 +136,8 @@ def load_chat(
         weights.append(w)
     if not sequences:
         raise DataError(f"{where} holds no conversations")
-    if pack_examples:
-        return pack(sequences, weights, seq_len, pad_id)
-    data = pad_each(sequences, weights, seq_len, pad_id)
-    keep = np.flatnonzero(data.arrays["loss_mask"].sum(axis=1) > 0)
-    if len(keep) == 0:
-        raise DataError(
-            f"every conversation of {where} loses all its assistant tokens to truncation at "
-            f"seq_len={seq_len}; raise seq_len (longest: {max(map(len, sequences))} tokens)"
-        )
-    return data.select(keep)
+    return target_rows(sequences, weights, seq_len, pad_id, pack_examples,
+                       f"every conversation of {where} loses all its assistant tokens")  # fmt: skip
 
 
 __all__ = ["load_chat", "render", "segments"]

@@ -254,14 +254,29 @@ def load_prompt_response(
         weights.append([0.0] * len(p) + [1.0] * len(r))
     if not sequences:
         raise DataError(f"{where} holds no examples")
+    return target_rows(sequences, weights, seq_len, pad_id, pack_examples,
+                       f"every example of {where} loses its whole response")  # fmt: skip
+
+
+def target_rows(
+    sequences: Sequence[Sequence[int]],
+    weights: Sequence[Sequence[float]],
+    seq_len: int,
+    pad_id: int,
+    pack_examples: bool,
+    lost: str,
+) -> LMData:
+    """Packed rows, or one padded row per sequence without the rows truncation left with no
+    target (an error starting ``lost`` when none is left): for masked-target data (prompt /
+    response, chat)."""
     if pack_examples:
         return pack(sequences, weights, seq_len, pad_id)
     data = pad_each(sequences, weights, seq_len, pad_id)
     keep = np.flatnonzero(data.arrays["loss_mask"].sum(axis=1) > 0)
     if len(keep) == 0:
         raise DataError(
-            f"every example of {where} loses its whole response to truncation at "
-            f"seq_len={seq_len}; raise seq_len (longest example: {max(map(len, sequences))} tokens)"
+            f"{lost} to truncation at seq_len={seq_len}; raise seq_len (longest: "
+            f"{max(map(len, sequences))} tokens)"
         )
     return data.select(keep)
 
