@@ -3,7 +3,7 @@
 Every error about a config, data file, checkpoint, adapter, Hugging Face config or
 hyperparameter derives from :class:`AdaptError` (and, for backwards compatibility, from the
 builtin it used to be: ``ValueError`` mostly). Its message names what was wrong and how to fix
-it. The entry points (``experiments/*.py``, through :mod:`adapt.harness.command_line`) print
+it. The entry points (:mod:`adapt.cli`, through :mod:`adapt.harness.command_line`) print
 such an error as one line, ``error: ...``, and exit with status 2 and no traceback; any other
 exception is a bug in adapt and keeps its traceback.
 """

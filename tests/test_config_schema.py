@@ -1,5 +1,5 @@
 """Every key of the run config's schema has its default and is settable from the command line
-(``--config.<section>.<key>=...``, the override path of experiments/finetune.py)."""
+(``--config.<section>.<key>=...``, the override path of adapt-finetune, adapt/cli/finetune.py)."""
 
 import dataclasses
 import types

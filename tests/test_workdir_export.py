@@ -1,4 +1,4 @@
-"""Exports of a finished run from its workdir (experiments/export.py): the reported model, as
+"""Exports of a finished run from its workdir (adapt/cli/export.py): the reported model, as
 PEFT loads it; refusals before anything is written."""
 
 import json

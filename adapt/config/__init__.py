@@ -5,7 +5,7 @@ It imports no JAX, so a config file (``get_config(arg)``) and a sweep read it ch
 harness (:mod:`adapt.harness`) runs what it describes.
 """
 
-from adapt.config.files import check, load_config_file, parse_arg
+from adapt.config.files import check, find_config, load_config_file, parse_arg, shipped_configs
 from adapt.config.overrides import apply_overrides
 from adapt.config.schema import (
     KIND_KEYS,
@@ -53,8 +53,10 @@ __all__ = [
     "apply_overrides",
     "check",
     "is_finite_number",
+    "find_config",
     "load_config_file",
     "parse_arg",
+    "shipped_configs",
     "suggest",
     "to_dict",
 ]

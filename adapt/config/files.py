@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,36 @@ from adapt.config.schema import ConfigError, suggest
 from adapt.errors import AdaptError
 
 
+def shipped_configs() -> Path:
+    """The folder of the configs shipped with adapt (:mod:`adapt.configs`)."""
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def find_config(name: str) -> Path:
+    """A config file's path: ``name`` itself when it is a file, else the shipped config of that
+    name (``text/minilm.py``, ``configs/text/minilm.py`` or ``text/minilm``), so commands run
+    from any directory and from an installed wheel. Neither is a :class:`ConfigError` that lists
+    the shipped names."""
+    path = Path(name)
+    if path.is_file():
+        return path.resolve()
+    root = shipped_configs()
+    relative = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else path
+    for candidate in (root / relative, root / relative.with_suffix(".py")):
+        if not path.is_absolute() and candidate.is_file():
+            return candidate
+    known = sorted(str(f.relative_to(root)) for f in root.rglob("*.py") if f.name != "__init__.py")
+    raise ConfigError(
+        f"config file not found: {name} (looked at {path.resolve()} and among the shipped "
+        f"configs: {', '.join(known)})"
+    )
+
+
 def load_config_file(path: str, arg: str | None = None) -> Any:
-    """``get_config(arg)`` of a config file; a missing file, a file without ``get_config`` or
-    a bad argument is a :class:`ConfigError`."""
-    resolved = Path(path).resolve()
-    if not resolved.is_file():
-        raise ConfigError(f"config file not found: {path} (looked at {resolved})")
-    for parent in resolved.parents:  # configs import siblings as configs.<...>: their root
-        if parent.name == "configs" and str(parent.parent) not in sys.path:
-            sys.path.insert(0, str(parent.parent))
-            break
+    """``get_config(arg)`` of a config file (a path, or a shipped config's name: see
+    :func:`find_config`); a missing file, a file without ``get_config`` or a bad argument is a
+    :class:`ConfigError`."""
+    resolved = find_config(path)
     spec = importlib.util.spec_from_file_location(f"adapt_config_{resolved.stem}", resolved)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -104,4 +123,4 @@ def check(
         raise ConfigError(f"{kind} problems:\n  " + "\n  ".join(problems))
 
 
-__all__ = ["check", "load_config_file", "parse_arg"]
+__all__ = ["check", "find_config", "load_config_file", "parse_arg", "shipped_configs"]

@@ -1,7 +1,7 @@
-"""What every entry point (``experiments/*.py``) shares: config files with ``--config.*``
+"""What every entry point (:mod:`adapt.cli`) shares: config files with ``--config.*``
 overrides, and adapt's errors as one line and exit status 2.
 
-    python -m experiments.finetune --config=configs/text/minilm.py:dataset=sst2,method=lora \\
+    adapt-finetune --config=configs/text/minilm.py:dataset=sst2,method=lora \\
         --config.train.steps=200 --config.optim.groups.lora.lr=3e-4 --workdir=...
 
 ``--config=path[:arg]`` names a file whose ``get_config(arg)`` returns the run's config;
@@ -67,10 +67,14 @@ def config_from_flag(spec: str | None, extra: Sequence[tuple[str, str]] = ()) ->
     return apply_overrides(raw, [*_OVERRIDES, *extra])
 
 
-def main(run: Callable[[list[str]], Any], *, flag: str = "config") -> None:
+def main(run: Callable[[list[str]], Any], *, flag: str = "config", doc: str | None = None) -> None:
     """``absl.app.run(run)`` with ``--<flag>.*`` overrides collected first and adapt's errors
-    turned into one line and exit status 2."""
+    turned into one line and exit status 2. ``doc`` is what ``--help`` prints above the flags
+    (absl prints the ``__main__`` module's docstring: a console script's wrapper has none)."""
     from absl import app, flags
+
+    if doc is not None:
+        sys.modules["__main__"].__doc__ = doc
 
     if "verbose" not in flags.FLAGS:
         flags.DEFINE_bool("verbose", False, "Show the traceback of adapt's own errors.")

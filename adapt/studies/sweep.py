@@ -191,7 +191,7 @@ def run_point(
     cmd = [
         sys.executable,
         "-m",
-        "experiments.finetune",
+        "adapt.cli.finetune",
         f"--config={base}:{arg_string(point)}",
         f"--workdir={workdir}",
         *extra_flags,

@@ -26,7 +26,7 @@ Arguments: method, strength (0 = the method's default), per_class, source, seed,
 """
 
 from adapt.config import ConfigError, parse_arg
-from configs.text import minilm
+from adapt.configs.text import minilm
 
 # -> minilm method; logistic_regression: the head fitted on the frozen source encoder (no
 # forgetting at all: the baseline row of the target task)

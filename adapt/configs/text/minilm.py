@@ -46,7 +46,7 @@ fresh), train_examples, wise (the WiSE-FT curve over alpha), export (adapt's nat
 """
 
 from adapt.config import ConfigError, parse_arg
-from configs.text.recipe import check, classifier, val_fraction
+from adapt.configs.text.recipe import check, classifier, val_fraction
 
 DATASETS = {
     "sst2": dict(  # the vendored GLUE SST-2 (also the source task of forgetting.py)

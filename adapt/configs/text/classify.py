@@ -41,7 +41,7 @@ never used for a choice.
 """
 
 from adapt.config import ConfigError, parse_arg
-from configs.text.recipe import check, classifier
+from adapt.configs.text.recipe import check, classifier
 
 
 def get_config(arg=None):
