@@ -528,10 +528,3 @@ def test_errors_say_what_is_wrong_and_change_nothing(tmp_path, third_party, cach
 def test_hub_sources_fail_clearly_offline(cache_dir):
     with pytest.raises(D.DataError, match=r"(?s)could not load hub data set 'nyu-mll/glue'.*local"):
         D.read_text_classification("hub:nyu-mll/glue", dataset_config="sst2", cache_dir=cache_dir)
-
-
-def test_tfds_reads_only_prepared_data(tmp_path):
-    pytest.importorskip("tensorflow_datasets")
-    with pytest.raises(D.DataError, match="not prepared"):
-        D.load_image_classification("tfds:mnist", split="test", data_dir=tmp_path)
-    assert not any(tmp_path.iterdir())  # nothing was downloaded or generated

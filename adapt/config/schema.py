@@ -321,7 +321,7 @@ class DataSection(Section):
     preprocessing: dict = dataclasses.field(default_factory=dict)
     augmentation: dict | None = None
     image_shape: list | None = None
-    data_dir: str | None = None
+    data_dir: str | None = None  # text, image: where tfds:<name> sources are prepared
     # lm
     seq_len: int = 128
     format: str = "text"  # text | prompt_response | chat (messages lists: adapt.data.chat)
@@ -345,7 +345,7 @@ KIND_KEYS = {
     "text": _COMMON | _CLASSIFY | {
         "label_names_file", "label_column", "text_column", "tokenizer", "max_length",
         "bucket_boundaries", "token_type_ids", "text_pair_column", "delimiter",
-        "dataset_config", "pad_id",
+        "dataset_config", "pad_id", "data_dir",
     },
     "image": _COMMON | _CLASSIFY | {"preprocessing", "augmentation", "image_shape", "data_dir"},
     "lm": _COMMON | {

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from adapt.data.dataset import ClassificationData, DataError, require_path, select
+from adapt.data.tfds_source import read_prepared
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -193,25 +194,16 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _tfds(name: str, split: str, data_dir: str | os.PathLike | None):
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:
+    columns, class_names = read_prepared(name, split, data_dir)
+    missing = {"image", "label"} - set(columns)
+    if missing:
         raise DataError(
-            f"reading tfds:{name} needs tensorflow_datasets (pip install -e '.[tfds]')"
-        ) from e
-    try:
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # noqa: BLE001 - tfds raises many kinds; all mean "not prepared here"
-        raise DataError(
-            f"TFDS data set {name!r} split {split!r} is not prepared under data_dir={data_dir} "
-            f"({e}); prepare it where you have network (tfds build {name}) and copy it here"
-        ) from e
-    records = [source[i] for i in range(len(source))]
-    images = np.stack([np.asarray(r["image"]) for r in records]) if records else np.zeros((0, 1, 1))
-    labels = np.asarray([r["label"] for r in records])
-    names = builder.info.features["label"].names
-    return images, labels, list(names)
+            f"TFDS data set {name!r} has no {sorted(missing)} feature; its features are "
+            f"{sorted(columns)} (image classification reads 'image' and 'label')"
+        )
+    images = columns["image"]
+    images = np.stack([np.asarray(i) for i in images]) if images else np.zeros((0, 1, 1), np.uint8)
+    return images, np.asarray(columns["label"]), class_names.get("label")
 
 
 def load_image_classification(

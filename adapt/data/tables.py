@@ -1,8 +1,10 @@
 """Tables of examples read through Hugging Face ``datasets``: local files or (online) the hub.
 
 ``source`` is a file (``.csv``, ``.tsv``, ``.json``/``.jsonl``, ``.parquet``), a folder holding
-``{split}.<one of those>``, or ``"hub:<name>"`` for a hub data set (needs the network; nothing
-in adapt requires it). ``.tsv`` is read GLUE-style: tab-separated with no quoting. CSV cells such
+``{split}.<one of those>``, ``"hub:<name>"`` for a hub data set (needs the network; nothing
+in adapt requires it), or ``"tfds:<name>"`` for a prepared TensorFlow Datasets data set under
+``data_dir`` (:mod:`adapt.data.tfds_source`; its class labels keep their names as a
+``ClassLabel`` feature). ``.tsv`` is read GLUE-style: tab-separated with no quoting. CSV cells such
 as ``NA`` stay text rather than becoming missing values. ``datasets`` caches its Arrow copy under
 ``cache_dir`` (default: its own cache folder), never beside the data.
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt.data.dataset import DataError, require_path
+from adapt.data.tfds_source import read_prepared
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -39,9 +42,18 @@ def read_table(
     delimiter: str | None,
     cache_dir: str | os.PathLike | None,
     dataset_config: str | None,
+    data_dir: str | os.PathLike | None = None,
 ) -> tuple[Any, str]:
     """A ``datasets.Dataset`` and a description of where it came from (for error messages)."""
     import datasets  # heavy; only text/LM loading needs it
+
+    if isinstance(source, str) and source.startswith("tfds:"):
+        name = source.removeprefix("tfds:")
+        columns, class_names = read_prepared(name, split, data_dir)
+        table = datasets.Dataset.from_dict(columns)
+        for key, names in class_names.items():
+            table = table.cast_column(key, datasets.ClassLabel(names=names))
+        return table, f"TFDS data set {name} ({split})"
 
     if isinstance(source, str) and source.startswith("hub:"):
         name = source.removeprefix("hub:")
@@ -93,4 +105,10 @@ def column(table: Any, name: str, role: str, where: str) -> list:
     return list(table.select_columns([name])[:][name])  # one batched read; iterating is slow
 
 
-__all__ = ["FORMATS", "column", "read_table"]
+def class_names(table: Any, name: str) -> list[str] | None:
+    """The names of a column that is a ``ClassLabel`` (TFDS, many hub data sets), in id order."""
+    feature = getattr(table, "features", {}).get(name)
+    return list(feature.names) if type(feature).__name__ == "ClassLabel" else None
+
+
+__all__ = ["FORMATS", "class_names", "column", "read_table"]

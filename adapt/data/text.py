@@ -11,10 +11,12 @@ Two stages, so that counting and selecting never pay for tokenisation:
 
 or :func:`load_text_classification` for both. ``source`` is read by
 :func:`adapt.data.tables.read_table` (a csv/tsv/json/jsonl/parquet file, a folder with
-``{split}.<ext>``, or ``"hub:<name>"`` online). Texts (and text pairs) are ``.strip()``-ped.
+``{split}.<ext>``, ``"hub:<name>"`` online, or a prepared ``"tfds:<name>"``). Texts (and text
+pairs) are ``.strip()``-ped.
 
 Labels go through :func:`adapt.data.dataset.map_labels`: explicit ``label_names`` (or a JSON
-list in ``label_names_file``, whose order gives the ids), else the sorted unique values.
+list in ``label_names_file``, whose order gives the ids), else the label column's own names (a
+``ClassLabel`` of TFDS or the hub), else the sorted unique values.
 
 Batches hold ``input_ids``, ``attention_mask`` (1 = token), ``token_type_ids`` (when the data was
 tokenised with ``token_type_ids=True``; BERT wants them) and ``labels``, all int32. Padding is
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from adapt.data.dataset import ClassificationData, DataError, map_labels, require_path, select
-from adapt.data.tables import column, read_table
+from adapt.data.tables import class_names, column, read_table
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -110,18 +112,26 @@ def read_text_classification(
     cache_dir: str | os.PathLike | None = None,
     dataset_config: str | None = None,
     regression: bool = False,
+    data_dir: str | os.PathLike | None = None,
 ) -> ClassificationData:
     """Raw (untokenised) text classification data: ``inputs`` has ``text`` (and ``text_pair``).
 
     Selection options are those of :func:`adapt.data.dataset.select`, applied in that order.
     ``regression=True``: the label column holds numbers (float targets), not classes.
+    ``label_names`` default to the label column's own (a ``ClassLabel`` of TFDS or the hub).
+    ``data_dir``: where ``tfds:`` sources are prepared.
     """
     if label_names is not None and label_names_file is not None:
         raise DataError("give label_names or label_names_file, not both")
     if label_names_file is not None:
         label_names = read_label_names(label_names_file)
     table, where = read_table(
-        source, split, delimiter=delimiter, cache_dir=cache_dir, dataset_config=dataset_config
+        source,
+        split,
+        delimiter=delimiter,
+        cache_dir=cache_dir,
+        dataset_config=dataset_config,
+        data_dir=data_dir,
     )
     texts = column(table, text_column, "text", where)
     inputs: dict[str, list] = {"text": [str(t).strip() for t in texts]}
@@ -134,6 +144,8 @@ def read_text_classification(
             raise DataError("label_names name classes; regression targets have none")
         data = ClassificationData(inputs, _targets(raw_labels, where, label_column), [], True)
         return select(data, max_examples=max_examples, seed=seed, source=where)
+    if label_names is None:
+        label_names = class_names(table, label_column)
     labels, names = map_labels(raw_labels, label_names, source=where)
     data = ClassificationData(inputs=inputs, labels=labels, label_names=names)
     return select(

@@ -111,6 +111,7 @@ def _read(
                 "cache_dir",
                 "dataset_config",
                 "text_pair_column",
+                "data_dir",
             )  # fmt: skip
             if getattr(section, k) is not None
         }

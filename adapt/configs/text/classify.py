@@ -18,7 +18,9 @@ configs/text/minilm.py's recipe, whose results are quoted there.
 
 Arguments:
 - ``train``: a ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` file, a folder holding
-  ``<split>.<ext>`` files (``train_split``, ``eval_split``), or ``hub:<name>`` (online only);
+  ``<split>.<ext>`` files (``train_split``, ``eval_split``), ``hub:<name>`` (online only) or
+  ``tfds:<name>``, a TensorFlow Datasets data set prepared under ``data_dir`` (default TFDS's;
+  read without TensorFlow, never downloaded; its class names are kept);
 - ``eval``: a file of held-out examples; without it, a folder or hub source gives its
   ``eval_split``, and a single file holds out ``eval_fraction`` (0.2) of itself, stratified;
 - ``text`` / ``text_pair`` / ``label``: column names (``text``, none, ``label``); labels may be
@@ -26,7 +28,7 @@ Arguments:
 - ``model``: a local Hugging Face folder, a packaged name or a hub name (all-MiniLM-L6-v2);
   the classifier is the checkpoint family's sequence classifier, pooling as the checkpoint
   was trained (sentence-transformers folders: their pooling);
-- the recipe's arguments (configs/text/recipe.py, described in configs/text/minilm.py):
+- the recipe's arguments (configs/recipe.py, described in configs/text/minilm.py):
   ``method`` (lora), ``per_class`` (0: all the training examples), ``epochs`` (0: the
   recipe's), ``lr_scale``, ``head_init``, ``wise``, ``export``, ``seed``, ``smoke``;
 - ``max_length`` (128 tokens), ``batch`` (32);
@@ -41,7 +43,7 @@ never used for a choice.
 """
 
 from adapt.config import ConfigError, parse_arg
-from adapt.configs.text.recipe import check, classifier
+from adapt.configs.recipe import check, classifier
 
 
 def get_config(arg=None):
@@ -50,11 +52,11 @@ def get_config(arg=None):
         text="text", text_pair="", label="label", labels="", model="all-MiniLM-L6-v2",
         method="lora", per_class=0, epochs=0.0, lr_scale=1.0, head_init="probe",
         max_length=128, batch=32, wise=False, export=False, seed=0, smoke=False,
-        task="classification",
+        task="classification", data_dir="",
     )  # fmt: skip
     if not arg.train:
         raise ConfigError(
-            "configs/text/classify.py needs train=<file, folder or hub:name> (and text=, "
+            "configs/text/classify.py needs train=<file, folder, hub:name or tfds:name> (and text=, "
             "label= naming its columns); see the file's docstring"
         )
     check(arg)
@@ -77,6 +79,8 @@ def get_config(arg=None):
         data["eval_fraction"] = arg.eval_fraction
     if arg.text_pair:
         data["text_pair_column"] = arg.text_pair
+    if arg.data_dir:
+        data["data_dir"] = arg.data_dir
     if arg.labels:
         data["label_names"] = arg.labels.split("|")
     if arg.task == "regression" and (arg.labels or arg.per_class):

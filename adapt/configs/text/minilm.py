@@ -27,7 +27,7 @@ The recipe (one for every method, budget and data set; the arguments change it):
   see every labelled example), never from the eval (test) set: the model is
   evaluated on it at the start and every epoch (half epoch with all the data), the best
   evaluation's weights are the result, and training stops after 5 evaluations without gain;
-- budgets are epochs (``EPOCHS`` in configs/text/recipe.py, which holds the recipe's code,
+- budgets are epochs (``EPOCHS`` in configs/recipe.py, which holds the recipe's code,
   shared with configs/text/classify.py), AdamW with weight decay 0.01, 10% linear warmup then
   linear decay, gradient clipping at 1; one learning rate per method (recipe.py's ``METHODS``,
   scaled by ``lr_scale``: the studies choose it from {0.3, 1, 3} on the validation split);
@@ -46,7 +46,7 @@ fresh), train_examples, wise (the WiSE-FT curve over alpha), export (adapt's nat
 """
 
 from adapt.config import ConfigError, parse_arg
-from adapt.configs.text.recipe import check, classifier, val_fraction
+from adapt.configs.recipe import check, classifier, val_fraction
 
 DATASETS = {
     "sst2": dict(  # the vendored GLUE SST-2 (also the source task of forgetting.py)

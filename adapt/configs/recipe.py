@@ -1,7 +1,7 @@
-"""The text-classification recipe shared by configs/text/minilm.py (the studies' data sets, where
-the recipe is described and its results quoted) and configs/text/classify.py (your own data and
-checkpoint). Not a runnable config: :func:`classifier` builds the run config from the data and
-model sections those files choose.
+"""The classification recipe shared by configs/text/minilm.py (the studies' data sets, where
+the recipe is described and its results quoted), configs/text/classify.py and
+configs/vision/classify.py (your own data and checkpoint). Not a runnable config:
+:func:`classifier` builds the run config from the data and model sections those files choose.
 """
 
 import ml_collections
@@ -102,7 +102,8 @@ def classifier(
         log_every=log_every,
         eval_every=0 if fit_only else eval_every,
         eval_batch_size=128,
-        length_grouping=0 if few else length_grouping,  # sort lengths in chunks: less padding
+        # text: sort lengths in chunks (less padding); images are all one size
+        length_grouping=0 if few or data.get("kind") != "text" else length_grouping,
         select_best=None if fit_only else "pearson" if regression else "accuracy",
         early_stopping=0 if fit_only else PATIENCE,
         refit=few and not fit_only,  # few labels: train again on train + val, chosen epochs
@@ -122,7 +123,9 @@ def classifier(
         if eval_every_epochs is not None:
             c.train.eval_every_epochs = 0.0
         smoke_data = {k: v for k, v in c.data.to_dict().items() if k != "examples_per_class"}
-        smoke_data.update(max_examples=48, eval_max_examples=32, max_length=32,
-                          bucket_boundaries=(32,), val_fraction=0.0 if fit_only else 0.25)  # fmt: skip
+        smoke_data.update(max_examples=48, eval_max_examples=32,
+                          val_fraction=0.0 if fit_only else 0.25)  # fmt: skip
+        if smoke_data.get("kind") == "text":
+            smoke_data.update(max_length=32, bucket_boundaries=(32,))
         c.data = smoke_data
     return c

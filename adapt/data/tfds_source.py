@@ -1,0 +1,74 @@
+"""Prepared TensorFlow Datasets data sets (``"tfds:<name>"`` sources), read without TensorFlow
+and without the network.
+
+TFDS reads an ``array_record`` (or ``parquet``) preparation with random access
+(``tfds.data_source``), so a data set built once where there is network (``tfds build <name>
+--file_format=array_record``) or by your own ``GeneratorBasedBuilder``, then copied into
+``data_dir``, is read here column by column. Nothing is ever downloaded or generated: a data set
+that is not prepared under ``data_dir`` (default: TFDS's, ``~/tensorflow_datasets`` or
+``$TFDS_DATA_DIR``) is a :class:`DataError` that says how to prepare it. A folder of prepared
+data holds its ``dataset_info.json``, so a data set built by a builder class the reading process
+never imported is read from its files alone.
+
+``name`` may carry TFDS's config and version (``"my_set/small:1.0.0"``). Text features are
+decoded to ``str``; class labels stay integer ids, and their names (in id order) come back
+beside the columns.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from adapt.data.dataset import DataError
+
+_HINT = "pip install 'adapt-jax[tfds]' (in a checkout: pip install -e '.[tfds]')"
+
+
+def _tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DataError(f"tfds: sources need tensorflow_datasets; {_HINT}") from e
+    return tfds
+
+
+def read_prepared(
+    name: str, split: str, data_dir: str | os.PathLike | None = None
+) -> tuple[dict[str, list], dict[str, list[str]]]:
+    """``(columns, class_names)`` of one split: every top-level feature as a list of values in
+    the prepared (deterministic) order, and the names of each class-label feature."""
+    tfds = _tfds()
+    where = f"under data_dir={data_dir}" if data_dir else "in TFDS's default data_dir"
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # noqa: BLE001 - tfds raises many kinds; all mean "not prepared here"
+        raise DataError(
+            f"TFDS data set {name!r} split {split!r} is not prepared {where} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); prepare it where "
+            f"you have network (tfds build {name} --file_format=array_record) and copy it there"
+        ) from e
+    features = builder.info.features
+    names = {
+        key: list(feature.names)
+        for key, feature in features.items()
+        if isinstance(feature, tfds.features.ClassLabel)
+    }
+    text = {key for key, feature in features.items() if isinstance(feature, tfds.features.Text)}
+    records = [source[i] for i in range(len(source))]
+    columns: dict[str, list[Any]] = {key: [] for key in features}
+    for record in records:
+        for key in columns:
+            value = record[key]
+            if key in text:
+                value = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            elif isinstance(value, np.generic):
+                value = value.item()
+            columns[key].append(value)
+    return columns, names
+
+
+__all__ = ["read_prepared"]
