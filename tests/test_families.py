@@ -131,8 +131,8 @@ def test_row_parallel_rule_is_the_union_of_the_records():
 
 
 def test_missing_defaults_say_to_pass_targets():
-    with pytest.raises(MethodError, match="resnet family has no default lora targets; pass"):
-        build("lora", "resnet")
+    with pytest.raises(MethodError, match="resnet family has no default ia3; pass targets"):
+        build("ia3", "resnet")
     with pytest.raises(MethodError, match="unknown model family 'gpt9'.*pass targets explicitly"):
         build("ia3", "gpt9")
 

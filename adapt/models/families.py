@@ -219,6 +219,8 @@ FAMILIES: dict[str, ModelFamily] = {
             feed=_pixels_batch_norm,
             example_inputs=_image_example,
             head=r"(linear|fc)/.*",
+            # every convolution of the residual blocks (PEFT's Conv2d LoRA: k x k down, 1 x 1 up)
+            lora_targets=r".*layer\d+_\d+/conv\d+",
             loaders={"resnet_cifar": "adapt.convert.resnet_cifar:load_for_run"},
         ),
     )

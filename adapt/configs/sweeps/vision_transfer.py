@@ -4,8 +4,9 @@ r"""Vision transfer with few labels: a CIFAR-10 ResNet-20 and an adapt-pretraine
 
 Part ``resnet20`` (configs/vision/fmnist_resnet20.py): the CIFAR-10 ResNet-20 (akamaster) on
 Fashion-MNIST at 10 and 100 labelled images per class: scratch (same architecture, random init)
-vs linear probe vs full fine-tuning vs BitFit (biases + BatchNorm scales, the
-parameter-efficient method for a conv net with no attention), evaluated on the 10,000 test images.
+vs linear probe vs full fine-tuning vs BitFit (biases + BatchNorm scales) vs LoRA on the
+convolutions (rank 4 on the 18 block convolutions, PEFT's Conv2d LoRA: a k x k down-projection
+and a 1 x 1 up-projection, 8.8% of the weights), evaluated on the 10,000 test images.
 Part ``vit`` (configs/vision/fmnist_vit.py): a 4-layer ViT pretrained by adapt from scratch on
 Fashion-MNIST classes 0-4 (the ``setup`` run, exported as a Hugging Face ViT directory) and
 transferred to classes 5-9 with 10 and 100 labelled images per class: scratch vs linear probe vs
@@ -46,7 +47,7 @@ def get_config(arg=None):
             base="configs/vision/fmnist_resnet20.py",
             grid={
                 "per_class": [10, 100],
-                "method": ["scratch", "linear_probe", "full", "bitfit"],
+                "method": ["scratch", "linear_probe", "full", "bitfit", "lora"],
                 "seed": SEEDS,
             },
             fixed=fixed,

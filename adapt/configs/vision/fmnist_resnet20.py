@@ -8,7 +8,9 @@ CIFAR-10 statistics the network was trained with; random crops and flips augment
 per_class labelled images per class from the vendored 600-per-class train slice; evaluated on the
 full 10,000-image test set. Methods: scratch (same architecture, random init), linear_probe
 (a logistic regression fitted to convergence on the frozen network's pooled features, no
-steps), full, bitfit, partial (last stage + head). Arguments: method, per_class, steps, seed,
+steps), full, bitfit, partial (last stage + head), lora (rank 4 on every convolution of the
+residual blocks, PEFT's Conv2d LoRA: a k x k down-projection and a 1 x 1 up-projection; the
+BatchNorm statistics update as in PyTorch's train mode). Arguments: method, per_class, steps, seed,
 smoke.
 """
 
@@ -16,7 +18,9 @@ import ml_collections
 
 from adapt.config import parse_arg
 
-LR = {"scratch": 3e-3, "linear_probe": 1e-2, "full": 1e-3, "bitfit": 3e-3, "partial": 1e-3}
+# LoRA at 3x full fine-tuning's rate, as configs/vision/fmnist_vit.py (chosen before any run)
+LR = {"scratch": 3e-3, "linear_probe": 1e-2, "full": 1e-3, "bitfit": 3e-3, "partial": 1e-3,
+      "lora": 3e-3}  # fmt: skip
 
 
 def get_config(arg=None):
@@ -30,10 +34,13 @@ def get_config(arg=None):
         kind="resnet_cifar",
         path="third_party/resnet20_cifar10",
         init="scratch" if arg.method == "scratch" else "pretrained",
+        # LoRA updates the BatchNorm statistics, as PyTorch + PEFT in train mode does
         train_batch_stats=arg.method not in ("linear_probe", "bitfit"),
         new_head=True,  # CIFAR-10's head has the right shape but the wrong classes
     )
     c.method = dict(name=arg.method)
+    if arg.method == "lora":  # rank 4 on the 18 block convolutions: 9% of the weights
+        c.method.options = dict(rank=4, alpha=8)
     if arg.method == "partial":
         c.method.trainable = r"layer3_.*"
     c.optim = dict(
