@@ -24,7 +24,12 @@ import jax.numpy as jnp
 
 from adapt.models.affine import Dense, LayerNorm
 from adapt.models.dropout import Dropout
-from adapt.models.layers import activation, dot_product_attention
+from adapt.models.layers import (
+    ATTENTION_IMPLS,
+    activation,
+    check_attention,
+    dot_product_attention,
+)
 
 Array = jax.Array
 Dtype = Any
@@ -66,8 +71,15 @@ class BertConfig:
     pooling: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    # "einsum": adapt's written-out softmax attention; "jax": jax.nn.dot_product_attention (XLA's
+    # fused kernel, cuDNN flash attention on GPU), equal within float32 rounding. Not exported.
+    attention_impl: str = "einsum"
 
     def __post_init__(self) -> None:
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"
+            )
         if self.pooling not in (None, *POOLINGS):
             raise ValueError(f"pooling must be one of {POOLINGS} or None, got {self.pooling!r}")
         if self.pooling == "pooler" and self.model_type == "roberta":
@@ -206,13 +218,16 @@ class BertSelfAttention(nn.Module):
         ``query``: (B, T, H, D); ``key``/``value``: (B, S, H, D); ``mask``: bool (B, 1, 1, S).
         Returns (B, T, H, D).
         """
+        cfg = self.config
+        drop = check_attention(cfg.attention_impl, cfg.attention_probs_dropout_prob, deterministic)
         return dot_product_attention(
             query,
             key,
             value,
             mask,
-            dtype=self.config.dtype,
-            dropout=lambda w: self.dropout(w, deterministic=deterministic),
+            dtype=cfg.dtype,
+            dropout=(lambda w: self.dropout(w, deterministic=deterministic)) if drop else None,
+            implementation=cfg.attention_impl,
         )
 
 

@@ -83,6 +83,23 @@ def activation(name: str) -> Callable[[Array], Array]:
         ) from None
 
 
+ATTENTION_IMPLS = ("einsum", "jax")
+
+
+def check_attention(implementation: str, dropout_rate: float, deterministic: bool) -> bool:
+    """Whether attention-weight dropout applies (training with a positive rate); with
+    ``attention_impl="jax"`` that is an error that says what to set instead."""
+    active = not deterministic and dropout_rate > 0
+    if active and implementation == "jax":
+        raise ValueError(
+            f"attention_impl='jax' (jax.nn.dot_product_attention) has no dropout of the "
+            f"attention weights, and this model trains with attention_probs_dropout_prob="
+            f"{dropout_rate}: set model.config.attention_probs_dropout_prob=0.0 too, or keep "
+            "attention_impl='einsum'"
+        )
+    return active
+
+
 def dot_product_attention(
     query: Array,
     key: Array,
@@ -91,12 +108,25 @@ def dot_product_attention(
     *,
     dtype=jnp.float32,
     dropout: Callable[[Array], Array] | None = None,
+    implementation: str = "einsum",
 ) -> Array:
     """Softmax attention. ``query``: (B, T, H, D); ``key``/``value``: (B, S, Hkv, D) with
     ``H % Hkv == 0`` (grouped-query attention repeats kv heads); ``mask``: bool broadcastable to
     (B, H, T, S), True = may attend. Softmax runs in float32 whatever the compute dtype.
     ``dropout``, if given, is applied to the attention weights (BERT/ViT's
-    ``attention_probs_dropout_prob``), e.g. ``lambda w: nn.Dropout(rate)(w, deterministic)``."""
+    ``attention_probs_dropout_prob``), e.g. ``lambda w: nn.Dropout(rate)(w, deterministic)``.
+
+    ``implementation`` (a model config's ``attention_impl``): ``"einsum"``, the arithmetic above
+    written out (what every parity test checks); ``"jax"``, ``jax.nn.dot_product_attention``,
+    which XLA fuses and which runs cuDNN's flash attention on GPUs where it applies (equal to
+    ``"einsum"`` within float32 rounding: tests/test_attention_impl.py). It has no dropout of
+    the attention weights: the models ask for it only where that dropout is off."""
+    if implementation not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {implementation!r}")
+    if implementation == "jax":
+        if dropout is not None:
+            raise ValueError("jax.nn.dot_product_attention has no attention-weight dropout")
+        return jax.nn.dot_product_attention(query, key, value, mask=mask).astype(query.dtype)
     heads, kv_heads = query.shape[2], key.shape[2]
     if heads != kv_heads:
         if heads % kv_heads:

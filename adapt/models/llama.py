@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from adapt import remat as remat_lib
 from adapt.models.affine import Dense
-from adapt.models.layers import activation, dot_product_attention
+from adapt.models.layers import ATTENTION_IMPLS, activation, dot_product_attention
 
 Array = jax.Array
 Cache = dict[str, Any]
@@ -80,8 +80,15 @@ class LlamaConfig:
     pad_token_id: int | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    # "einsum": adapt's written-out softmax attention; "jax": jax.nn.dot_product_attention (XLA's
+    # fused kernel, cuDNN flash attention on GPU), equal within float32 rounding. Not exported.
+    attention_impl: str = "einsum"
 
     def __post_init__(self):
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"
+            )
         if self.num_key_value_heads is None:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
         if self.head_dim is None:
@@ -183,7 +190,10 @@ class LlamaAttention(nn.Module):
         tuning adds a second attention over its prefix here). ``query``: (B, T, H, D); ``key``/
         ``value``: (B, S, Hkv, D) as returned by :meth:`extend_kv`; ``mask``: bool (B, 1, T, S).
         Returns (B, T, H, D)."""
-        return dot_product_attention(query, key, value, mask, dtype=self.config.dtype)
+        cfg = self.config
+        return dot_product_attention(
+            query, key, value, mask, dtype=cfg.dtype, implementation=cfg.attention_impl
+        )
 
     @nn.compact
     def __call__(

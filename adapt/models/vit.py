@@ -69,8 +69,15 @@ class ViTConfig:
     pooling: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    # "einsum": adapt's written-out softmax attention; "jax": jax.nn.dot_product_attention (XLA's
+    # fused kernel, cuDNN flash attention on GPU), equal within float32 rounding. Not exported.
+    attention_impl: str = "einsum"
 
     def __post_init__(self):
+        if self.attention_impl not in layers.ATTENTION_IMPLS:
+            raise ValueError(
+                f"attention_impl must be one of {layers.ATTENTION_IMPLS}, got {self.attention_impl!r}"
+            )
         if self.pooling not in (None, *POOLINGS):
             raise ValueError(f"pooling must be one of {POOLINGS} or None, got {self.pooling!r}")
         if self.hidden_size % self.num_attention_heads:
@@ -207,7 +214,13 @@ class ViTSelfAttention(nn.Module):
         """Extension point: scaled dot-product attention, (B, T, H, D) -> (B, T, H, D). Methods
         that change how attention mixes (gated prefixes) intercept this method by name."""
         return layers.dot_product_attention(
-            query, key, value, mask, dtype=self.config.dtype, dropout=dropout
+            query,
+            key,
+            value,
+            mask,
+            dtype=self.config.dtype,
+            dropout=dropout,
+            implementation=self.config.attention_impl,
         )
 
     @nn.compact
@@ -223,7 +236,9 @@ class ViTSelfAttention(nn.Module):
         query, key, value = project("query"), project("key"), project("value")
         key, value, key_mask = self.extend_kv(key, value, attention_mask.astype(bool))
         mask = layers.padding_mask(key_mask)
-        drop = Dropout(cfg.attention_probs_dropout_prob, deterministic=deterministic)
+        rate = cfg.attention_probs_dropout_prob
+        active = layers.check_attention(cfg.attention_impl, rate, deterministic)
+        drop = Dropout(rate, deterministic=deterministic) if active else None
         out = self.sdpa(query, key, value, mask, drop)
         return out.reshape(*out.shape[:2], cfg.hidden_size)
 
