@@ -88,7 +88,9 @@ def gradients(
     penalty: Penalty | None = None,
     penalty_inputs: PyTree = None,
 ) -> tuple[jax.Array, dict, PyTree, PyTree]:
-    """``(loss, metrics, new_model_state, grads)`` of one batch (see the module docstring)."""
+    """``(loss, metrics, new_model_state, grads)`` of one batch (see the module docstring);
+    ``metrics[LOSS_WEIGHT]`` is the batch's total loss weight (1 per micro-batch for a plain
+    mean), by which per-device gradients are averaged."""
 
     def objective(tr, ms, micro, key):
         params = partition.merge(tr, frozen)
@@ -101,8 +103,8 @@ def gradients(
     grad_fn = jax.value_and_grad(objective, has_aux=True)
     if grad_accum == 1:
         (loss, (metrics, new_ms)), grads = grad_fn(trainable, model_state, batch, rng)
-        metrics.pop(LOSS_WEIGHT, None)
-        return loss, metrics, new_ms, grads
+        weight = jnp.asarray(metrics.pop(LOSS_WEIGHT, 1.0), jnp.float32)
+        return loss, {**metrics, LOSS_WEIGHT: weight}, new_ms, grads
 
     def split(x):
         if x.shape[0] % grad_accum:
@@ -128,7 +130,7 @@ def gradients(
     scale = 1.0 / jnp.maximum(weight, 1e-30)
     grads = jax.tree.map(lambda g: (g * scale).astype(g.dtype), grads)
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)  # as logged, per micro
-    return loss * scale, metrics, new_ms, grads
+    return loss * scale, {**metrics, LOSS_WEIGHT: weight}, new_ms, grads
 
 
 def train_step(
@@ -137,18 +139,33 @@ def train_step(
     *,
     grad_accum: int = 1,
     penalty: Penalty | None = None,
+    reduce_axis: str | None = None,
 ) -> StepFn:
     """``step(state, frozen, batch, penalty_inputs=None) -> (state, metrics)``; ``metrics`` hold
-    the loss function's, ``loss``, ``finite`` and ``grad_norm`` (and ``penalty``)."""
+    the loss function's, ``loss``, ``finite`` and ``grad_norm`` (and ``penalty``).
+
+    ``reduce_axis``: the step runs per device (under ``jax.shard_map`` or ``jax.pmap`` with that
+    axis name) on its shard of the batch, and the loss, gradients and metrics are averaged over
+    the axis with explicit collectives before the update (weighted by each shard's loss weight,
+    so a token-weighted loss equals the whole batch's), as are float model-state leaves (running
+    BatchNorm statistics; the batch statistics themselves stay per device, as in pmap loops).
+    Each device draws its own dropout masks (the step's key folded with its index)."""
     if grad_accum < 1:
         raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
 
     def step(state, frozen, batch, penalty_inputs=None):
         rng = jax.random.fold_in(state["rng"], state["step"])  # a key or raw key data
+        if reduce_axis is not None:
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(reduce_axis))
         loss, metrics, new_ms, grads = gradients(
             loss_fn, state["trainable"], frozen, state["model_state"], batch, rng,
             grad_accum=grad_accum, penalty=penalty, penalty_inputs=penalty_inputs,
         )  # fmt: skip
+        weight = metrics.pop(LOSS_WEIGHT)
+        if reduce_axis is not None:
+            loss, metrics, new_ms, grads = _average(
+                reduce_axis, weight, loss, metrics, new_ms, grads
+            )
         updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
         finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(trainable)
@@ -166,6 +183,21 @@ def train_step(
         return new_state, metrics
 
     return step
+
+
+def _average(axis: str, weight, loss, metrics, model_state, grads):
+    """The cross-device means of a per-device step: loss and gradients weighted by each
+    device's loss weight; metrics and float model state plainly (equal shard sizes)."""
+    total = jax.lax.psum(weight, axis)
+    share = weight / jnp.maximum(total, 1e-30)
+    grads = jax.tree.map(lambda g: jax.lax.psum(g * share.astype(g.dtype), axis), grads)
+    loss = jax.lax.psum(loss * share, axis)
+    metrics = jax.tree.map(lambda m: jax.lax.pmean(m, axis), metrics)
+
+    def mean_state(x):
+        return jax.lax.pmean(x, axis) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return loss, metrics, jax.tree.map(mean_state, model_state), grads
 
 
 # ------------------------------------------------------------------- the older signature

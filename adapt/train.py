@@ -13,7 +13,11 @@ regulariser, non-finite guard: see there); the Trainer adds what a mesh needs:
   batch on every device) and :func:`adapt.remat.scope` (``remat`` checkpoints each decoder
   layer of a model that has the hook; see :mod:`adapt.remat` for why not the whole loss);
 - a regulariser's inputs (``penalty_inputs``: EWC's anchor and Fisher) are placed on the mesh
-  like the leaves they mirror and passed to every step as their own argument.
+  like the leaves they mirror and passed to every step as their own argument;
+- ``per_device=True`` runs the same step per device instead (``jax.shard_map`` over the data
+  axis, gradients and metrics averaged with explicit ``lax.psum`` / ``pmean``: the pmap style
+  of many research codebases; ``mesh.mode="per_device"`` in a config), for data parallelism
+  with replicated parameters; it gives the jitted step's losses.
 
 ``loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))`` as in
 :mod:`adapt.step`.
@@ -21,6 +25,7 @@ regulariser, non-finite guard: see there); the Trainer adds what a mesh needs:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from adapt import paths, sharding
 from adapt import remat as remat_lib
@@ -89,12 +94,22 @@ class Trainer:
         data_axis: str = "data",
         penalty: step_lib.Penalty | None = None,
         penalty_inputs: PyTree = None,
+        per_device: bool = False,
     ) -> None:
         remat_lib.check(remat)
+        if per_device and (set(mesh.axis_names) != {data_axis} or list(rules)):
+            raise ValueError(
+                f"the per-device step is data parallel: a mesh of the one axis {data_axis!r} "
+                f"(got {dict(mesh.shape)}) and replicated parameters (rules 'dp')"
+            )
         self.loss_fn, self.tx, self.mesh, self.rules = loss_fn, tx, mesh, list(rules)
         self.grad_accum, self.remat, self.data_axis = grad_accum, remat, data_axis
         self.penalty, self.penalty_inputs = penalty, penalty_inputs
-        self._core = step_lib.train_step(loss_fn, tx, grad_accum=grad_accum, penalty=penalty)
+        self.per_device = per_device
+        self._core = step_lib.train_step(
+            loss_fn, tx, grad_accum=grad_accum, penalty=penalty,
+            reduce_axis=data_axis if per_device else None,
+        )  # fmt: skip
         self._step = None
 
     def with_penalty(self, penalty: step_lib.Penalty, inputs: PyTree) -> Trainer:
@@ -103,6 +118,7 @@ class Trainer:
         return Trainer(
             self.loss_fn, self.tx, self.mesh, self.rules, grad_accum=self.grad_accum,
             remat=self.remat, data_axis=self.data_axis, penalty=penalty, penalty_inputs=inputs,
+            per_device=self.per_device,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------ shardings
@@ -151,10 +167,13 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- step
     def _train_step(self, state, frozen, batch, penalty_inputs):
-        with (
-            sharding.activation_sharding(self.mesh, self.rules, self.data_axis),
-            remat_lib.scope(self.remat) as remat_scope,
-        ):
+        # per device, each shard is a device's own batch: no global activation constraints
+        activations = (
+            contextlib.nullcontext()
+            if self.per_device
+            else sharding.activation_sharding(self.mesh, self.rules, self.data_axis)
+        )
+        with activations, remat_lib.scope(self.remat) as remat_scope:
             new_state, metrics = self._core(state, frozen, batch, penalty_inputs)
         if self.remat != "none" and not remat_scope.seen:
             raise ValueError(
@@ -173,8 +192,18 @@ class Trainer:
             frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
             inputs_sh = jax.tree.map(lambda x: x.sharding, self.penalty_inputs)
             batch_sh = sharding.batch_sharding(self.mesh, self.data_axis)
+            step = self._train_step
+            if self.per_device:  # the same step per device, gradients averaged by lax.psum
+                replicated, rows = PartitionSpec(), PartitionSpec(self.data_axis)
+                step = jax.shard_map(
+                    step,
+                    mesh=self.mesh,
+                    in_specs=(replicated, replicated, rows, replicated),
+                    out_specs=(replicated, replicated),
+                    check_vma=False,  # the collectives make the outputs equal on every device
+                )
             self._step = jax.jit(
-                self._train_step,
+                step,
                 in_shardings=(state_sh, frozen_sh, batch_sh, inputs_sh),
                 out_shardings=(state_sh, sharding.replicated(self.mesh)),
                 donate_argnums=(0,),

@@ -380,7 +380,8 @@ def test_a_damaged_newest_checkpoint_is_named_kept_and_skipped(tmp_path, how):
 
 
 @pytest.mark.slow
-def test_two_processes_reproduce_the_single_process_losses(tmp_path):
+@pytest.mark.parametrize("mode", ["jit", "per_device"])  # pjit step / shard_map step
+def test_two_processes_reproduce_the_single_process_losses(tmp_path, mode):
     import socket
 
     with socket.socket() as s:
@@ -388,7 +389,7 @@ def test_two_processes_reproduce_the_single_process_losses(tmp_path):
         port = s.getsockname()[1]
     common = [
         sys.executable, "-m", "experiments.finetune",
-        "--config=configs/llm/stories_lora.py:method=full,smoke",
+        "--config=configs/llm/stories_lora.py:method=full,smoke", f"--config.mesh.mode={mode}",
         "--config.train.steps=6", "--config.train.log_every=1", "--config.checkpoint.every=3",
     ]  # fmt: skip
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}

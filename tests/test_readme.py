@@ -54,6 +54,13 @@ def test_readme_own_project_example_trains_only_what_the_methods_add(capsys):
     assert sorted(frozen) == ["hidden/bias", "hidden/kernel"]
     assert not np.allclose(trained["hidden/lora_b"], start["hidden/lora_b"])
 
+    # the pmap block continues the example: adapt's step per device, the same methods
+    pmap_example = re.findall(r"```python\n(.*?)```", text, flags=re.S)[1]
+    assert "jax.pmap(adapt.train_step" in pmap_example
+    exec(compile(pmap_example, "README.md", "exec"), scope)  # noqa: S102
+    pmap_loss = float(re.findall(r"pmap loss (\S+)", capsys.readouterr().out)[0])
+    assert scope["n"] == 8 and pmap_loss < last  # 8 devices, and it kept training
+
 
 def _numbers_in(path: Path) -> set[str]:
     """Every number in a results CSV, as the README may quote it: 3 decimals, a percent with 1

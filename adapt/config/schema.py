@@ -360,6 +360,9 @@ KIND_KEYS = {
 class MeshSection(Section):
     axes: list = dataclasses.field(default_factory=lambda: [["data", -1]])  # (name, size); -1: rest
     rules: str | list = "dp"  # a preset of adapt.sharding.RULE_PRESETS or [(regex, axes)]
+    # "jit": one jitted step over the mesh (pjit: DP, FSDP, TP); "per_device": the same step per
+    # device under shard_map with explicit gradient all-reduce (pmap style; data parallel only)
+    mode: str = "jit"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -199,6 +199,7 @@ def stage_trainer(exp: Experiment, rules: Any) -> tuple[Trainer, dict, dict, dic
     trainer = Trainer(
         exp.loss_fn, tx, exp.mesh, exp.shard_rules,
         grad_accum=config.train.grad_accum, remat=config.train.remat,
+        per_device=config.mesh.mode == "per_device",
     )  # fmt: skip
     frozen_dtype = config.model.frozen_dtype
     frozen = place_frozen(

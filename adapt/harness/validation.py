@@ -241,6 +241,15 @@ def check_run(config: RunConfig) -> None:
         p.append(f"mesh.axes must be a list of (name, size) pairs, got {axes!r}")
     if isinstance(config.mesh.rules, str):
         p.choice("mesh.rules", config.mesh.rules, sorted(sharding.RULE_PRESETS))
+    p.choice("mesh.mode", config.mesh.mode, ["jit", "per_device"])
+    if config.mesh.mode == "per_device" and (
+        config.mesh.rules != "dp" or [a[0] for a in axes if isinstance(a, list | tuple)] != ["data"]
+    ):
+        p.append(
+            f"mesh.mode 'per_device' is data parallel: it needs mesh.rules 'dp' and the one axis "
+            f"'data' (got rules {config.mesh.rules!r}, axes {axes}); use mesh.mode 'jit' for "
+            "FSDP or TP"
+        )
     p.at_least("checkpoint.every", config.checkpoint.every, 0)
     p.at_least("checkpoint.keep", config.checkpoint.keep, 1)
     for check in (regularize.check, source_task.check, wise.check):
