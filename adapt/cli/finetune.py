@@ -7,7 +7,8 @@ Any key of the run config can be set with --config.<key path>=<value> (adapt/con
 lists them with their defaults). Re-running with the same workdir resumes from its newest
 checkpoint; a finished run is left as it is; a workdir of another experiment is refused.
 Multi-process: --coordinator=host:port --num_processes=N --process_id=i (CPU collectives use
-gloo); processes wait at most --coordinator_timeout seconds for each other.
+gloo); processes wait at most --coordinator_timeout seconds for each other. In a SLURM
+multi-task job (or a TPU pod), --distributed_auto reads all three from the environment.
 
 Exit status: 0 done (or already finished); 2 a bad config, data file, checkpoint or flag (one
 line on stderr, --verbose for the traceback); 75 preempted by SIGTERM after saving a checkpoint
@@ -34,6 +35,12 @@ _TIMEOUT = flags.DEFINE_integer(
     "coordinator_timeout", 300, "Seconds the processes of a multi-process run wait for each other."
 )
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Fake this many CPU devices per process.")
+_AUTO = flags.DEFINE_bool(
+    "distributed_auto",
+    False,
+    "Initialise jax.distributed from the cluster's environment (a SLURM multi-task job, a TPU "
+    "pod): what the sweep's submitit launcher passes to the tasks of a multi-process point.",
+)
 
 
 def main(argv):
@@ -51,8 +58,12 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     if _CPU_DEVICES.value:
         jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+    if _COORD.value and _AUTO.value:
+        raise command_line.ConfigError("give --coordinator or --distributed_auto, not both")
     if _COORD.value:
         processes.initialize(_COORD.value, _NPROC.value, _PID.value, _TIMEOUT.value)
+    elif _AUTO.value:
+        jax.distributed.initialize()  # coordinator, count and index from the job environment
     from adapt.harness.loop import run
 
     results = run(config, _WORKDIR.value)

@@ -41,7 +41,10 @@ A sweep config's ``get_config()`` returns a ConfigDict with
 - ``keep_checkpoints`` (default False): a finished run's ``checkpoints/`` folder is deleted (its
   ``results.json``, metrics and exports stay), since a sweep of MiniLM runs would otherwise keep
   ~300 MB per run;
-- ``parallel`` (default 1): how many runs go at once. On a 2-core CPU two concurrent runs finish
+- ``launcher`` (optional): where runs execute (:mod:`adapt.studies.launchers`): local
+  subprocesses (default) or ``{"name": "submitit", ...}``, one cluster job per point (SLURM, or
+  submitit's local executor), with the same resume behaviour;
+- ``parallel`` (default 1): how many runs go at once (with submitit: jobs in flight). On a 2-core CPU two concurrent runs finish
   a grid of short runs sooner (start-up, tokenisation and compilation are single-threaded), but
   each run's ``wall_seconds`` then includes the contention.
 
@@ -57,7 +60,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -68,7 +70,7 @@ from typing import Any
 from adapt.config import check as check_schema
 from adapt.config import suggest
 from adapt.errors import PREEMPTED_EXIT_CODE, USAGE_EXIT_CODE, AdaptError
-from adapt.studies import report
+from adapt.studies import launchers, report
 from adapt.studies.report import metric_value
 
 
@@ -98,7 +100,8 @@ def run_name(point: Mapping[str, Any]) -> str:
 
 # What the sweep machinery reads; anything else is an error before a run starts.
 _SWEEP_KEYS = ("name", "base", "grid", "fixed", "parts", "setup", "group_by", "metrics", "plot",
-               "curves", "baseline", "keep_checkpoints", "parallel", "select")  # fmt: skip
+               "curves", "baseline", "keep_checkpoints", "parallel", "select",
+               "launcher")  # fmt: skip
 _SECTION_KEYS = {
     "part": ("name", "base", "grid", "fixed"),
     "setup run": ("base", "args"),
@@ -182,8 +185,10 @@ def run_point(
     extra_flags: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     keep_checkpoints: bool = True,
+    launcher: launchers.Launcher | None = None,
 ) -> dict:
-    """Run one point in a fresh process (isolates memory and jit caches); return its results."""
+    """Run one point in a fresh process (isolates memory and jit caches; by ``launcher``, local
+    by default); return its results."""
     results = workdir / "results.json"
     if results.exists():
         return json.loads(results.read_text())
@@ -193,17 +198,21 @@ def run_point(
         "-m",
         "adapt.cli.finetune",
         f"--config={base}:{arg_string(point)}",
-        f"--workdir={workdir}",
+        f"--workdir={Path(workdir).absolute()}",
         *extra_flags,
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if out.returncode == PREEMPTED_EXIT_CODE:
+    launcher = launcher or launchers.LocalLauncher()
+    returncode, stderr = launcher.run(cmd, dict(env or os.environ), workdir.name)
+    if returncode == PREEMPTED_EXIT_CODE:
         raise RunPreempted(f"run {workdir} was preempted; run the sweep again to continue it")
-    if out.returncode == USAGE_EXIT_CODE:
-        lines = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
-        raise SweepError(f"run {workdir} stopped: {lines[-1] if lines else out.stderr[-500:]}")
-    if out.returncode != 0:
-        raise RuntimeError(f"run {workdir.name} failed:\n{out.stderr[-4000:]}")
+    if returncode == USAGE_EXIT_CODE:
+        lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        raise SweepError(f"run {workdir} stopped: {lines[-1] if lines else stderr[-500:]}")
+    if returncode != 0:
+        raise RuntimeError(
+            f"run {workdir.name} failed (exit status {returncode}; run the sweep again to "
+            f"resume it from its checkpoints):\n{stderr[-4000:]}"
+        )
     data = json.loads(results.read_text())
     data.setdefault("wall_seconds", time.perf_counter() - start)
     results.write_text(json.dumps(data, indent=2))
@@ -265,11 +274,12 @@ def run_sweep(
     with_parts = "parts" in sweep
     env = _environment(workdir_root)
     keep = bool(sweep.get("keep_checkpoints", False))
+    launcher = launchers.make(sweep.get("launcher"), workdir_root)
     setup_dirs: dict[str, Path] = {}
     for name, spec in (sweep.get("setup") or {}).items():
         setup_dirs[name] = workdir_root / "setup" / name
         args = dict(spec.get("args") or {})
-        run_point(spec["base"], args, setup_dirs[name], extra_flags, env, keep)
+        run_point(spec["base"], args, setup_dirs[name], extra_flags, env, keep, launcher)
         print(f"setup {name}: done", flush=True)
     select = dict(sweep.get("select") or {})
     key, values = next(iter(dict(select["grid"]).items())) if select else (None, [None])
@@ -284,7 +294,7 @@ def run_sweep(
     def execute(jobs):
         def one(j):
             row_point, base, args, workdir = j
-            res = run_point(base, args, workdir, extra_flags, env, keep)
+            res = run_point(base, args, workdir, extra_flags, env, keep, launcher)
             shown = ", ".join(f"{m}={metric_value(res, m)}" for m in sweep.metrics)
             print(f"{workdir.relative_to(workdir_root)}: {shown}", flush=True)
             return row_point, res
