@@ -117,3 +117,16 @@ def test_an_unknown_implementation_is_refused_by_every_config():
                  lambda: llama.LlamaConfig(attention_impl="flash")):  # fmt: skip
         with pytest.raises(ValueError, match=r"attention_impl must be one of \('einsum', 'jax'\)"):
             make()
+
+
+def test_a_run_refuses_the_fused_attention_with_attention_dropout_before_training():
+    from adapt.config import ConfigError
+    from adapt.harness.model_setup import load_model
+
+    section = {"kind": "hf", "path": "all-MiniLM-L6-v2", "architecture": "classifier",
+               "config": {"attention_impl": "jax"}}  # fmt: skip
+    with pytest.raises(ConfigError, match="attention_probs_dropout_prob=0.0"):
+        load_model(section, 2, jax.random.key(0))
+    section["config"]["attention_probs_dropout_prob"] = 0.0
+    model = load_model(section, 2, jax.random.key(0))
+    assert model.config.attention_impl == "jax"

@@ -113,6 +113,15 @@ def load_model(cfg: ModelSection | Any, num_labels: int | None, rng: jax.Array) 
         family, config, architecture = record.name, loaded.config, loaded.architecture
         if loaded.scratch:
             init = "scratch"
+    if getattr(config, "attention_impl", None) == "jax" and getattr(
+        config, "attention_probs_dropout_prob", 0.0
+    ):
+        raise ConfigError(
+            "model.config.attention_impl='jax' (jax.nn.dot_product_attention) has no dropout of "
+            f"the attention weights, and this checkpoint trains with attention_probs_dropout_prob="
+            f"{config.attention_probs_dropout_prob}: add --config.model.config."
+            "attention_probs_dropout_prob=0.0, or keep attention_impl 'einsum'"
+        )
     model = Model(module, params, model_state, family, config, architecture)
     if init == "scratch":
         variables = jax.jit(lambda r: module.init(r, *dummy_inputs(model)))(rng)
