@@ -101,26 +101,39 @@ def test_the_wheel_runs_its_console_scripts_from_anywhere(tmp_path):
     for script in SCRIPTS:
         assert f"{script} = adapt.cli." in entry_points
 
-    site = tmp_path / "site"
+    # A fresh virtualenv outside the checkout with the wheel installed: its dependencies come
+    # from this environment's site-packages (a path entry: the editable checkout's .pth finder
+    # there is not run), so the test needs no network and adapt can only come from the wheel.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site_dir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    (Path(site_dir) / "deps_from_test_env.pth").write_text("\n".join(deps) + "\n")
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
          str(wheel)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"  # no configs/ or adapt/ folder here
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(site), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    bin_dir = venv / "bin"
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [*args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=900
         )
 
-    where = run(sys.executable, "-c", "import adapt; print(adapt.__file__)")
-    assert where.stdout.strip().startswith(str(site)), where  # the wheel, not the checkout
+    where = run(str(python), "-c", "import adapt; print(adapt.__file__)")
+    assert where.stdout.strip().startswith(site_dir), where  # the wheel, not the checkout
 
-    missing = run(str(site / "bin" / "adapt-finetune"), "--config=text/nope.py", "--workdir=w")
+    missing = run(str(bin_dir / "adapt-finetune"), "--config=text/nope.py", "--workdir=w")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "text/classify.py" in missing.stderr  # the error lists the shipped configs
     assert not (elsewhere / "w").exists()
@@ -129,19 +142,19 @@ def test_the_wheel_runs_its_console_scripts_from_anywhere(tmp_path):
     (elsewhere / "mine.csv").write_text("\n".join(rows) + "\n")
     workdir = elsewhere / "w"
     out = run(
-        str(site / "bin" / "adapt-finetune"), f"--workdir={workdir}",
+        str(bin_dir / "adapt-finetune"), f"--workdir={workdir}",
         "--config=text/classify.py:train=mine.csv,smoke",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     assert results["steps"] > 0 and "accuracy" in results["eval"]
 
-    evaluated = run(str(site / "bin" / "adapt-evaluate"), f"--workdir={workdir}")
+    evaluated = run(str(bin_dir / "adapt-evaluate"), f"--workdir={workdir}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     evaluation = json.loads(evaluated.stdout)  # the newest checkpoint, on the eval split
     assert evaluation["step"] == results["steps"] and 0 <= evaluation["eval"]["accuracy"] <= 1
     for script in ("adapt-convert", "adapt-export", "adapt-sweep"):
-        usage = run(str(site / "bin" / script), "--help")  # absl exits 1 after printing it
+        usage = run(str(bin_dir / script), "--help")  # absl exits 1 after printing it
         assert f"  {script} --" in usage.stdout, (script, usage.stderr[-2000:])  # the docstring
 
 

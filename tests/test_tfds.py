@@ -1,7 +1,9 @@
 """TensorFlow Datasets sources (``tfds:<name>``): data sets prepared here by local builders (TFDS's
 registered builders would try the network), read back without TensorFlow for image and text
-classification, by the loaders and by whole runs in a fresh process (which has never imported the
-builders: the prepared files alone must suffice)."""
+classification and causal-LM tuning, by the loaders and by whole runs of the generic configs from
+the command line in a fresh process (which has never imported the builders: the prepared files
+alone must suffice); the image and LM configs also on files made here (the text config's CSV,
+JSONL and parquet runs are tests/test_own_data.py's)."""
 
 import json
 import os
@@ -65,10 +67,36 @@ class AdaptTestTexts(tfds.core.GeneratorBasedBuilder):
             yield i, {"text": f"{WORDS[i % 2]} film number {i} ü", "label": i % 2}
 
 
+class AdaptTestInstructions(tfds.core.GeneratorBasedBuilder):
+    """Prompt/response pairs for causal-LM tuning."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = tfds.features.FeaturesDict(
+            {"prompt": tfds.features.Text(), "response": tfds.features.Text()}
+        )
+        return tfds.core.DatasetInfo(builder=self, features=features)
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(range(24))}
+
+    def _generate_examples(self, indices):
+        for i in indices:
+            yield i, INSTRUCTIONS[i % len(INSTRUCTIONS)]
+
+
+INSTRUCTIONS = [
+    {"prompt": "Once upon a time there was a", "response": " little girl named Lily."},
+    {"prompt": "The dog ran to the", "response": " park and played with a ball."},
+    {"prompt": "Tom was happy because", "response": " he found a big red apple."},
+]
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tfds")
-    for builder in (AdaptTestImages, AdaptTestTexts):
+    for builder in (AdaptTestImages, AdaptTestTexts, AdaptTestInstructions):
         builder(data_dir=str(root), file_format="array_record").download_and_prepare()
     return root
 
@@ -159,3 +187,63 @@ def test_a_tfds_image_set_trains_a_vit_with_lora_through_the_generic_config(
     results = json.loads((tmp_path / "w" / "results.json").read_text())
     assert results["method"] == "lora" and 0 < results["trainable_pct"] < 100
     assert results["data"]["examples"]["eval"] == 9
+
+
+@pytest.mark.slow
+def test_the_image_config_trains_on_an_npz_file(tiny_vit, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 4
+    images = (rng.integers(0, 40, (40, 8, 8)) + 50 * labels[:, None, None]).astype(np.uint8)
+    np.savez(tmp_path / "mine.npz", images=images, labels=labels)
+    out = _finetune(
+        tmp_path / "w",
+        f"configs/vision/classify.py:model={tiny_vit},train={tmp_path / 'mine.npz'},"
+        "labels=a|b|c|d,method=full,smoke",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "4 classes: 0=a, 1=b, 2=c, 3=d" in out.stderr
+    results = json.loads((tmp_path / "w" / "results.json").read_text())
+    assert results["data"]["examples"]["eval"] == 8  # a fifth of the file, held out
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A tiny LLaMA checkpoint folder with its tokenizer.json (tests/test_chat.py's)."""
+    import torch
+    import transformers
+    from test_chat import _folder
+
+    from adapt.data.tokenizers import HuggingFaceTokenizer
+
+    folder = _folder(tmp_path_factory.mktemp("llama") / "model")
+    tok = HuggingFaceTokenizer(folder)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["parquet", "tfds"])
+def test_the_llm_config_tunes_on_prompt_response_rows(source, tiny_llama, data_dir, tmp_path):
+    if source == "parquet":
+        import pandas as pd
+
+        train = tmp_path / "rows.parquet"
+        pd.DataFrame([INSTRUCTIONS[i % 3] for i in range(24)]).to_parquet(train, index=False)
+        where = str(train)
+    else:
+        where = f"tfds:adapt_test_instructions,data_dir={data_dir}"
+    out = _finetune(
+        tmp_path / "w",
+        f"configs/llm/tune.py:model={tiny_llama},train={where},format=prompt_response,"
+        "seq_len=32,smoke",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "w" / "results.json").read_text())
+    assert results["steps"] == 4 and np.isfinite(results["eval"]["loss"])
+    assert sum(results["data"]["examples"].values()) == 24  # every row, a tenth held out

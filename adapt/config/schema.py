@@ -321,7 +321,7 @@ class DataSection(Section):
     preprocessing: dict = dataclasses.field(default_factory=dict)
     augmentation: dict | None = None
     image_shape: list | None = None
-    data_dir: str | None = None  # text, image: where tfds:<name> sources are prepared
+    data_dir: str | None = None  # where tfds:<name> sources are prepared (text, image, lm)
     # lm
     seq_len: int = 128
     format: str = "text"  # text | prompt_response | chat (messages lists: adapt.data.chat)
@@ -351,7 +351,7 @@ KIND_KEYS = {
     "lm": _COMMON | {
         "eval_fraction", "split_seed", "val_fraction", "tokenizer", "seq_len", "format", "document_separator", "bos", "eos", "max_documents",
         "text_column", "prompt_column", "response_column", "template", "pack_examples", "pad_id",
-        "messages_column",
+        "messages_column", "data_dir",
     },
 }  # fmt: skip
 

@@ -96,6 +96,7 @@ def load_chat(
     pad_id: int = 0,
     max_examples: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> LMData:
     """Conversations of ``path`` as causal-LM rows whose loss covers the assistant turns.
 
@@ -115,7 +116,7 @@ def load_chat(
         raise DataError(f"the tokenizer's chat template does not parse: {e}") from None
     tokens = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
     table, where = read_table(path, "train", delimiter=None, cache_dir=cache_dir,
-                              dataset_config=None)  # fmt: skip
+                              dataset_config=None, data_dir=data_dir)  # fmt: skip
     conversations = column(table, messages_column, "messages", where)
     if max_examples is not None:
         conversations = conversations[:max_examples]

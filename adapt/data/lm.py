@@ -187,6 +187,7 @@ def load_lm_text(
     max_documents: int | None = None,
     text_column: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> LMData:
     """Packed causal-LM rows from a UTF-8 text file (module docstring).
 
@@ -201,8 +202,9 @@ def load_lm_text(
         where = f"{path} (document_separator={document_separator!r})"
     else:
         table, where = read_table(
-            path, "train", delimiter=None, cache_dir=cache_dir, dataset_config=None
-        )
+            path, "train", delimiter=None, cache_dir=cache_dir, dataset_config=None,
+            data_dir=data_dir,
+        )  # fmt: skip
         docs = [str(d).strip() for d in column(table, text_column, "text", where)]
         docs = [d for d in docs if d]
     if max_documents is not None:
@@ -230,11 +232,12 @@ def load_prompt_response(
     pad_id: int = 0,
     max_examples: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> LMData:
     """Instruction rows whose loss covers only the response and EOS (module docstring)."""
     tok = as_lm_tokenizer(tokenizer)
     table, where = read_table(
-        path, "train", delimiter=None, cache_dir=cache_dir, dataset_config=None
+        path, "train", delimiter=None, cache_dir=cache_dir, dataset_config=None, data_dir=data_dir
     )
     prompts = column(table, prompt_column, "prompt", where)
     responses = column(table, response_column, "response", where)

@@ -242,10 +242,11 @@ def load_split(section: DataSection | Any, role: str, *, seed: int, model_path: 
     return load_splits(section, seed=seed, model_path=model_path, roles=(role,))[role]
 
 
-_LM_TEXT = ("document_separator", "bos", "eos", "max_documents", "text_column", "cache_dir")
+_LM_TEXT = ("document_separator", "bos", "eos", "max_documents", "text_column", "cache_dir",
+            "data_dir")  # fmt: skip
 _LM_PROMPT = ("prompt_column", "response_column", "template", "pack_examples", "max_examples",
-              "cache_dir")  # fmt: skip
-_LM_CHAT = ("messages_column", "pack_examples", "max_examples", "cache_dir")
+              "cache_dir", "data_dir")  # fmt: skip
+_LM_CHAT = ("messages_column", "pack_examples", "max_examples", "cache_dir", "data_dir")
 
 
 def _load_lm(section: DataSection, model_path: str | None = None) -> Data:

@@ -16,7 +16,9 @@ Arguments:
   tokenizer (a ``tokenizer.json``, its folder, or a SentencePiece ``.model``);
 - ``train``: ``chat`` (default) reads rows with a ``messages`` list (JSONL/JSON/parquet);
   ``prompt_response`` rows with ``prompt`` and ``response``; ``text`` a text file of
-  documents separated by blank lines (``format``);
+  documents separated by blank lines, or a table's ``text`` column, one document per row
+  (``format``); tables may be ``tfds:<name>`` (the ``train`` split of a TensorFlow Datasets set
+  prepared under ``data_dir``) or ``hub:<name>``;
 - ``eval``: a file of held-out rows; without it 10% of the packed or padded rows are held out;
 - ``method``: ``lora`` (rank 16 on every linear layer, QLoRA's recipe without the NF4 base),
   ``qlora`` (the same over an NF4 base) or ``full``; ``steps`` (200), ``lr`` (2e-4 for
@@ -34,7 +36,7 @@ FORMATS = ("chat", "prompt_response", "text")
 def get_config(arg=None):
     arg = parse_arg(
         arg, model="", tokenizer="", train="", eval="", format="chat", method="lora", steps=200,
-        lr=0.0, batch=8, seq_len=512, pack=False, seed=0, smoke=False,
+        lr=0.0, batch=8, seq_len=512, pack=False, seed=0, smoke=False, data_dir="", text="text",
     )  # fmt: skip
     if not arg.model or not arg.train:
         raise ConfigError("configs/llm/tune.py needs model=<checkpoint folder> and train=<file>")
@@ -64,7 +66,14 @@ def get_config(arg=None):
         data["eval_source"] = arg.eval
     else:
         data["eval_fraction"] = 0.1
-    if arg.format == "text":
+    if arg.data_dir:
+        data["data_dir"] = arg.data_dir
+    table = arg.train.startswith(("tfds:", "hub:")) or arg.train.endswith(
+        (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+    )
+    if arg.format == "text" and table:  # one document per row of the text column
+        data["text_column"] = arg.text
+    elif arg.format == "text":
         data["document_separator"] = "blank_line"
     else:
         data["pack_examples"] = arg.pack
