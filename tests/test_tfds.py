@@ -228,13 +228,19 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["parquet", "tfds"])
+@pytest.mark.parametrize("source", ["csv", "jsonl", "parquet", "tfds"])
 def test_the_llm_config_tunes_on_prompt_response_rows(source, tiny_llama, data_dir, tmp_path):
-    if source == "parquet":
+    if source != "tfds":
         import pandas as pd
 
-        train = tmp_path / "rows.parquet"
-        pd.DataFrame([INSTRUCTIONS[i % 3] for i in range(24)]).to_parquet(train, index=False)
+        frame = pd.DataFrame([INSTRUCTIONS[i % 3] for i in range(24)])
+        train = tmp_path / f"rows.{source}"
+        if source == "csv":
+            frame.to_csv(train, index=False)
+        elif source == "jsonl":
+            frame.to_json(train, orient="records", lines=True)
+        else:
+            frame.to_parquet(train, index=False)
         where = str(train)
     else:
         where = f"tfds:adapt_test_instructions,data_dir={data_dir}"
