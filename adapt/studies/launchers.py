@@ -22,6 +22,7 @@ is run again.
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +67,7 @@ class SubmititLauncher:
                 "checkout: pip install -e '.[cluster]')"
             ) from e
         self.tasks, self.nodes = tasks, nodes
+        self._lock = threading.Lock()
         if tasks > 1 and cluster in ("local", "debug"):
             raise LauncherError(
                 f"launcher tasks={tasks}: a multi-process point needs SLURM (cluster {cluster!r} "
@@ -88,8 +90,9 @@ class SubmititLauncher:
 
     def run(self, cmd: Sequence[str], env: Mapping[str, str], name: str) -> tuple[int, str]:
         cmd = [*cmd, "--distributed_auto"] if self.tasks > 1 else list(cmd)
-        self.executor.update_parameters(name=name)
-        job = self.executor.submit(run_command, cmd, dict(env))
+        with self._lock:  # the sweep's threads share the executor: name and submit together
+            self.executor.update_parameters(name=name)
+            job = self.executor.submit(run_command, cmd, dict(env))
         try:
             results = job.results()  # one (status, stderr) per task
         except Exception as e:  # noqa: BLE001 - the job itself died (killed, timed out, lost)
