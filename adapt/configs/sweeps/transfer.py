@@ -31,6 +31,11 @@ adapters, prefix tuning, IA3 and BitFit at the recipe's learning rate, untuned (
 would triple the seed-0 cost, which did not fit the session). It writes
 results/transfer_banking77_all/.
 
+``few_labels`` is the few-label budgets (Banking77 10 per intent, SST-2 10 and 50 per class, 3 seeds)
+for the methods ``core`` leaves out: Houlsby adapters, prefix tuning, IA3 and BitFit, at the
+recipe's learning rate, untuned as in ``banking77_all``, with the baseline recomputed beside them
+(the same deterministic fit as in transfer_core). It writes results/transfer_few_labels/.
+
 Result and cost: see results/transfer*/summary.md and the README's Results section.
 ``smoke`` runs the whole grid at a few steps on a few examples (wiring only).
 """
@@ -48,13 +53,22 @@ UNTUNED = ["houlsby", "prefix", "ia3", "bitfit"]  # banking77_all: the recipe's 
 
 
 def get_config(arg=None):
-    if arg not in (None, "", "smoke", "core", "banking77_all"):
+    if arg not in (None, "", "smoke", "core", "banking77_all", "few_labels"):
         raise ValueError(
-            f"transfer.py takes no argument, 'core', 'banking77_all' or 'smoke', got {arg!r}"
+            "transfer.py takes no argument, 'core', 'banking77_all', 'few_labels' or 'smoke', "
+            f"got {arg!r}"
         )
     smoke, core, b77_all = arg == "smoke", arg == "core", arg == "banking77_all"
+    few = arg == "few_labels"
     fixed = {"smoke": True} if smoke else {}
-    methods = CORE_METHODS if core else CORE_METHODS + UNTUNED if b77_all else METHODS
+    if core:
+        methods = CORE_METHODS
+    elif b77_all:
+        methods = CORE_METHODS + UNTUNED
+    elif few:
+        methods = ["logistic_regression"] + UNTUNED
+    else:
+        methods = METHODS
     c = ml_collections.ConfigDict()
     c.name = "transfer" + ("_" + arg if arg else "")
 
@@ -74,6 +88,11 @@ def get_config(arg=None):
         ]
     elif b77_all:
         c.parts = [part("banking77_all", "banking77", [0], SEEDS)]
+    elif few:
+        c.parts = [
+            part("banking77", "banking77", [10], SEEDS),
+            part("sst2", "sst2", [10, 50], SEEDS),
+        ]
     else:
         c.parts = [
             part("banking77", "banking77", [10, 0], SEEDS),
@@ -83,7 +102,7 @@ def get_config(arg=None):
         by="val.accuracy",
         grid={"lr_scale": [0.3, 1.0, 3.0]},
         seeds=[0],
-        skip={"method": FIXED_RECIPES + (UNTUNED if b77_all else [])},
+        skip={"method": FIXED_RECIPES + (UNTUNED if b77_all or few else [])},
     )
     c.group_by = ["per_class", "method"]
     c.metrics = ["accuracy", "macro_f1", "val.accuracy"]
