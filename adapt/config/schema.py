@@ -307,6 +307,9 @@ class DataSection(Section):
     label_column: str | None = None
     text_column: str | None = None
     cache_dir: str | None = None
+    # text, lm: read the training examples batch by batch from ArrayRecord files or a prepared
+    # tfds: data set instead of into memory (adapt.data.streaming: for data larger than RAM)
+    streaming: bool = False
     # text
     # tokenizer.json or its folder (text; lm: also a SentencePiece .model); default: model.path's
     tokenizer: str | None = None
@@ -345,13 +348,13 @@ KIND_KEYS = {
     "text": _COMMON | _CLASSIFY | {
         "label_names_file", "label_column", "text_column", "tokenizer", "max_length",
         "bucket_boundaries", "token_type_ids", "text_pair_column", "delimiter",
-        "dataset_config", "pad_id", "data_dir",
+        "dataset_config", "pad_id", "data_dir", "streaming",
     },
     "image": _COMMON | _CLASSIFY | {"preprocessing", "augmentation", "image_shape", "data_dir"},
     "lm": _COMMON | {
         "eval_fraction", "split_seed", "val_fraction", "tokenizer", "seq_len", "format", "document_separator", "bos", "eos", "max_documents",
         "text_column", "prompt_column", "response_column", "template", "pack_examples", "pad_id",
-        "messages_column", "data_dir",
+        "messages_column", "data_dir", "streaming",
     },
 }  # fmt: skip
 

@@ -102,8 +102,11 @@ def classifier(
         log_every=log_every,
         eval_every=0 if fit_only else eval_every,
         eval_batch_size=128,
-        # text: sort lengths in chunks (less padding); images are all one size
-        length_grouping=0 if few or data.get("kind") != "text" else length_grouping,
+        # text: sort lengths in chunks (less padding); images are all one size, and streamed
+        # text pads every batch to max_length
+        length_grouping=0
+        if few or data.get("kind") != "text" or data.get("streaming")
+        else length_grouping,
         select_best=None if fit_only else "pearson" if regression else "accuracy",
         early_stopping=0 if fit_only else PATIENCE,
         refit=few and not fit_only,  # few labels: train again on train + val, chosen epochs

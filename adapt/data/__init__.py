@@ -5,6 +5,8 @@
 - :mod:`.text`: text classification, tokenisation, bucketed dynamic padding;
 - :mod:`.images`: IDX/npz/TFDS images, preprocessing and augmentation per batch;
 - :mod:`.lm`: causal-LM packing and prompt/response loss masks; :mod:`.tokenizers`: SentencePiece;
+- :mod:`.streaming`: training sets read per batch from ArrayRecord files (Grain) or prepared
+  TFDS data, for data larger than memory (not imported here: it is optional);
 - :mod:`.batching`: ``train_batches`` (forever, resumable at any step, per-process rows of the
   global batch) and ``eval_batches`` (every example once, ``weights`` on the filler).
 

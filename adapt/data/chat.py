@@ -86,6 +86,46 @@ def _check(messages: Any, where: str) -> list[dict]:
     return out
 
 
+def chat_template(tokenizer: Any) -> tuple[Any, dict[str, str]]:
+    """``(compiled template, its special tokens)`` of ``tokenizer``'s chat template, or a
+    DataError when it has none or it does not parse."""
+    from jinja2.exceptions import TemplateError
+
+    template_text = getattr(tokenizer, "chat_template", None)
+    if not template_text:
+        raise DataError(
+            "chat data needs a tokenizer with a chat template (tokenizer_config.json's "
+            "chat_template); this tokenizer has none"
+        )
+    try:
+        template = _environment().from_string(template_text)
+    except TemplateError as e:
+        raise DataError(f"the tokenizer's chat template does not parse: {e}") from None
+    tokens = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+    return template, tokens
+
+
+def conversation_sequence(
+    tokenizer: Any, template: Any, tokens: Mapping[str, str], raw: Any, where: str
+) -> tuple[list[int], list[float]]:
+    """``(token ids, loss weights)`` of one conversation: weight 1 on the assistant turns'
+    tokens (as the template renders them), 0 elsewhere; ``where`` names it in errors."""
+    from jinja2.exceptions import TemplateError
+
+    messages = _check(raw, where)
+    try:
+        pieces = segments(template, messages, where, **tokens)
+    except TemplateError as e:
+        raise DataError(f"{where}: the chat template refused it: {e}") from None
+    ids: list[int] = []
+    w: list[float] = []
+    for text, target in pieces:
+        piece = list(tokenizer.encode(text, bos=False, eos=False))
+        ids += piece
+        w += [float(target)] * len(piece)
+    return ids, w
+
+
 def load_chat(
     path: str | os.PathLike,
     tokenizer: Any,
@@ -102,19 +142,7 @@ def load_chat(
 
     ``tokenizer`` needs ``chat_template`` (:class:`adapt.data.tokenizers.HuggingFaceTokenizer`
     reads it from ``tokenizer_config.json``) and ``encode``."""
-    from jinja2.exceptions import TemplateError
-
-    template_text = getattr(tokenizer, "chat_template", None)
-    if not template_text:
-        raise DataError(
-            "chat data needs a tokenizer with a chat template (tokenizer_config.json's "
-            "chat_template); this tokenizer has none"
-        )
-    try:
-        template = _environment().from_string(template_text)
-    except TemplateError as e:
-        raise DataError(f"the tokenizer's chat template does not parse: {e}") from None
-    tokens = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+    template, tokens = chat_template(tokenizer)
     table, where = read_table(path, "train", delimiter=None, cache_dir=cache_dir,
                               dataset_config=None, data_dir=data_dir)  # fmt: skip
     conversations = column(table, messages_column, "messages", where)
@@ -122,17 +150,7 @@ def load_chat(
         conversations = conversations[:max_examples]
     sequences, weights = [], []
     for row, raw in enumerate(conversations):
-        messages = _check(raw, f"row {row} of {where}")
-        try:
-            pieces = segments(template, messages, f"row {row} of {where}", **tokens)
-        except TemplateError as e:
-            raise DataError(f"row {row} of {where}: the chat template refused it: {e}") from None
-        ids: list[int] = []
-        w: list[float] = []
-        for text, target in pieces:
-            piece = list(tokenizer.encode(text, bos=False, eos=False))
-            ids += piece
-            w += [float(target)] * len(piece)
+        ids, w = conversation_sequence(tokenizer, template, tokens, raw, f"row {row} of {where}")
         sequences.append(ids)
         weights.append(w)
     if not sequences:
@@ -141,4 +159,4 @@ def load_chat(
                        f"every conversation of {where} loses all its assistant tokens")  # fmt: skip
 
 
-__all__ = ["load_chat", "render", "segments"]
+__all__ = ["chat_template", "conversation_sequence", "load_chat", "render", "segments"]

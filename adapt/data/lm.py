@@ -213,11 +213,35 @@ def load_lm_text(
         raise DataError(f"{where} holds no documents; is the file empty or the separator wrong?")
     sequences, weights = [], []
     for doc in docs:
-        start = [tok.bos_id] if bos and tok.bos_id is not None else []
-        ids = start + list(tok.encode(doc, bos=False, eos=False)) + [tok.eos_id] * eos
+        ids, w = document_sequence(tok, doc, bos=bos, eos=eos)
         sequences.append(ids)
-        weights.append([0.0] + [1.0] * (len(ids) - 1))
+        weights.append(w)
     return pack(sequences, weights, seq_len, pad_id)
+
+
+def document_sequence(
+    tok: LMTokenizer, doc: str, *, bos: bool = True, eos: bool = True
+) -> tuple[list[int], list[float]]:
+    """``(token ids, loss weights)`` of one document: every token but the first is a target."""
+    start = [tok.bos_id] if bos and tok.bos_id is not None else []
+    ids = start + list(tok.encode(doc, bos=False, eos=False)) + [tok.eos_id] * eos
+    return ids, [0.0] + [1.0] * (len(ids) - 1)
+
+
+def prompt_response_sequence(
+    tok: LMTokenizer, prompt: Any, response: Any, template: str, where: str
+) -> tuple[list[int], list[float]]:
+    """``(token ids, loss weights)`` of one instruction example: the loss covers the response
+    and EOS only; ``where`` names the row in errors."""
+    if not isinstance(prompt, str) or not isinstance(response, str):
+        raise DataError(
+            f"{where}: prompt and response must be strings; got "
+            f"{type(prompt).__name__} and {type(response).__name__}"
+        )
+    start = [tok.bos_id] if tok.bos_id is not None else []
+    p = start + list(tok.encode(template.format(prompt=prompt), bos=False, eos=False))
+    r = list(tok.encode(response, bos=False, eos=False)) + [tok.eos_id]
+    return p + r, [0.0] * len(p) + [1.0] * len(r)
 
 
 def load_prompt_response(
@@ -245,16 +269,9 @@ def load_prompt_response(
         prompts, responses = prompts[:max_examples], responses[:max_examples]
     sequences, weights = [], []
     for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-        if not isinstance(prompt, str) or not isinstance(response, str):
-            raise DataError(
-                f"row {row} of {where}: prompt and response must be strings; got "
-                f"{type(prompt).__name__} and {type(response).__name__}"
-            )
-        start = [tok.bos_id] if tok.bos_id is not None else []
-        p = start + list(tok.encode(template.format(prompt=prompt), bos=False, eos=False))
-        r = list(tok.encode(response, bos=False, eos=False)) + [tok.eos_id]
-        sequences.append(p + r)
-        weights.append([0.0] * len(p) + [1.0] * len(r))
+        ids, w = prompt_response_sequence(tok, prompt, response, template, f"row {row} of {where}")
+        sequences.append(ids)
+        weights.append(w)
     if not sequences:
         raise DataError(f"{where} holds no examples")
     return target_rows(sequences, weights, seq_len, pad_id, pack_examples,
@@ -288,9 +305,11 @@ __all__ = [
     "LMData",
     "LMTokenizer",
     "as_lm_tokenizer",
+    "document_sequence",
     "load_lm_text",
     "load_prompt_response",
     "pack",
     "pad_each",
+    "prompt_response_sequence",
     "split_documents",
 ]

@@ -1,6 +1,7 @@
 """Tables of examples read through Hugging Face ``datasets``: local files or (online) the hub.
 
-``source`` is a file (``.csv``, ``.tsv``, ``.json``/``.jsonl``, ``.parquet``), a folder holding
+``source`` is a file (``.csv``, ``.tsv``, ``.json``/``.jsonl``, ``.parquet``, ``.array_record`` of
+JSON records, :mod:`adapt.data.records`), a folder holding
 ``{split}.<one of those>``, ``"hub:<name>"`` for a hub data set (needs the network; nothing
 in adapt requires it), or ``"tfds:<name>"`` for a prepared TensorFlow Datasets data set under
 ``data_dir`` (:mod:`adapt.data.tfds_source`; its class labels keep their names as a
@@ -18,7 +19,8 @@ from typing import Any
 from adapt.data.dataset import DataError, require_path
 from adapt.data.tfds_source import read_prepared
 
-FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
+           ".array_record": "array_record"}  # fmt: skip
 
 
 def _find_file(source: Path, split: str) -> Path:
@@ -73,6 +75,14 @@ def read_table(
         )
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty (0 bytes); it should hold a header and examples")
+    if FORMATS[suffix] == "array_record":  # JSON records (adapt.data.records), read whole
+        from adapt.data.records import open_records
+
+        records = open_records(str(path), split)
+        rows = records.get(range(len(records)))
+        if not rows:
+            raise DataError(f"{path} has no examples")
+        return datasets.Dataset.from_list(rows), str(path)
     kwargs: dict[str, Any] = {}
     if FORMATS[suffix] == "csv":
         kwargs["keep_default_na"] = False  # a text cell "NA" is text, not a missing value

@@ -197,6 +197,59 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
+def prepare_tokenizer(tokenizer: Any, max_length: int, pad_id: int | None = None):
+    """``(tokenizer, pad_id)``: a copy of ``tokenizer`` (or the one at a path) that truncates at
+    ``max_length`` and does not pad, and the padding id (the tokenizer's, or ``[PAD]``/``<pad>``,
+    unless given)."""
+    if max_length < 2:
+        raise DataError(f"max_length must be >= 2 (room for special tokens); got {max_length}")
+    tok = _as_tokenizer(tokenizer)
+    pad = _pad_id(tok) if pad_id is None else pad_id
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    return tok, pad
+
+
+def encode(
+    data: ClassificationData,
+    tokenizer: Any,
+    *,
+    pad_id: int,
+    max_length: int,
+    bucket_boundaries: Sequence[int] | None,
+    token_type_ids: bool,
+) -> TextClassificationData:
+    """:func:`tokenize` with a tokenizer from :func:`prepare_tokenizer` (no copy: streamed data
+    encodes every batch)."""
+    if "text" not in data.inputs:
+        raise DataError(f"tokenize needs inputs['text']; this data has {list(data.inputs)}")
+    if bucket_boundaries is not None and any(int(b) < 1 for b in bucket_boundaries):
+        raise DataError(f"bucket_boundaries must be positive; got {list(bucket_boundaries)}")
+    texts = data.inputs["text"]
+    if "text_pair" in data.inputs:
+        encodings = tokenizer.encode_batch(list(zip(texts, data.inputs["text_pair"], strict=True)))
+    else:
+        encodings = tokenizer.encode_batch(texts)
+    inputs: dict[str, list] = dict(data.inputs)
+    inputs["input_ids"] = [np.asarray(e.ids, np.int32) for e in encodings]
+    # cut at max_length (the run's data summary reports the share and warns when it is large)
+    inputs["truncated"] = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(texts))
+    if token_type_ids:
+        inputs["token_type_ids"] = [np.asarray(e.type_ids, np.int32) for e in encodings]
+    return TextClassificationData(
+        inputs=inputs,
+        labels=data.labels,
+        label_names=data.label_names,
+        regression=data.regression,
+        pad_id=pad_id,
+        max_length=max_length,
+        bucket_boundaries=None
+        if bucket_boundaries is None
+        else tuple(int(b) for b in bucket_boundaries),
+        token_type_ids=token_type_ids,
+    )
+
+
 def tokenize(
     data: ClassificationData,
     tokenizer: Any,
@@ -214,35 +267,13 @@ def tokenize(
     """
     if "text" not in data.inputs:
         raise DataError(f"tokenize needs inputs['text']; this data has {list(data.inputs)}")
-    if max_length < 2:
-        raise DataError(f"max_length must be >= 2 (room for special tokens); got {max_length}")
-    if bucket_boundaries is not None and any(int(b) < 1 for b in bucket_boundaries):
-        raise DataError(f"bucket_boundaries must be positive; got {list(bucket_boundaries)}")
-    tok = _as_tokenizer(tokenizer)
-    pad = _pad_id(tok) if pad_id is None else pad_id
-    tok.no_padding()
-    tok.enable_truncation(max_length)
-    texts = data.inputs["text"]
-    if "text_pair" in data.inputs:
-        encodings = tok.encode_batch(list(zip(texts, data.inputs["text_pair"], strict=True)))
-    else:
-        encodings = tok.encode_batch(texts)
-    inputs: dict[str, list] = dict(data.inputs)
-    inputs["input_ids"] = [np.asarray(e.ids, np.int32) for e in encodings]
-    # cut at max_length (the run's data summary reports the share and warns when it is large)
-    inputs["truncated"] = np.fromiter((bool(e.overflowing) for e in encodings), bool, len(texts))
-    if token_type_ids:
-        inputs["token_type_ids"] = [np.asarray(e.type_ids, np.int32) for e in encodings]
-    return TextClassificationData(
-        inputs=inputs,
-        labels=data.labels,
-        label_names=data.label_names,
-        regression=data.regression,
+    tok, pad = prepare_tokenizer(tokenizer, max_length, pad_id)
+    return encode(
+        data,
+        tok,
         pad_id=pad,
         max_length=max_length,
-        bucket_boundaries=None
-        if bucket_boundaries is None
-        else tuple(int(b) for b in bucket_boundaries),
+        bucket_boundaries=bucket_boundaries,
         token_type_ids=token_type_ids,
     )
 
@@ -271,7 +302,9 @@ def load_text_classification(
 
 __all__ = [
     "TextClassificationData",
+    "encode",
     "load_text_classification",
+    "prepare_tokenizer",
     "read_label_names",
     "read_text_classification",
     "tokenize",

@@ -35,11 +35,12 @@ def _tfds():
     return tfds
 
 
-def read_prepared(
+def open_prepared(
     name: str, split: str, data_dir: str | os.PathLike | None = None
-) -> tuple[dict[str, list], dict[str, list[str]]]:
-    """``(columns, class_names)`` of one split: every top-level feature as a list of values in
-    the prepared (deterministic) order, and the names of each class-label feature."""
+) -> tuple[Any, dict[str, list[str]], set[str]]:
+    """``(source, class_names, text_features)``: the random-access ``tfds.data_source`` of one
+    split (records are dicts of features, text as bytes), the names of each class-label
+    feature, and which features are text."""
     tfds = _tfds()
     where = f"under data_dir={data_dir}" if data_dir else "in TFDS's default data_dir"
     try:
@@ -58,8 +59,17 @@ def read_prepared(
         if isinstance(feature, tfds.features.ClassLabel)
     }
     text = {key for key, feature in features.items() if isinstance(feature, tfds.features.Text)}
+    return source, names, text
+
+
+def read_prepared(
+    name: str, split: str, data_dir: str | os.PathLike | None = None
+) -> tuple[dict[str, list], dict[str, list[str]]]:
+    """``(columns, class_names)`` of one split: every top-level feature as a list of values in
+    the prepared (deterministic) order, and the names of each class-label feature."""
+    source, names, text = open_prepared(name, split, data_dir)
     records = [source[i] for i in range(len(source))]
-    columns: dict[str, list[Any]] = {key: [] for key in features}
+    columns: dict[str, list[Any]] = {key: [] for key in (records[0] if records else {})}
     for record in records:
         for key in columns:
             value = record[key]
@@ -71,4 +81,4 @@ def read_prepared(
     return columns, names
 
 
-__all__ = ["read_prepared"]
+__all__ = ["open_prepared", "read_prepared"]

@@ -20,6 +20,7 @@ applies to the training examples after the hold-out; ``classes`` also filters th
 from __future__ import annotations
 
 import dataclasses
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,8 @@ def load_splits(
         raise ConfigError(
             f"data.kind must be text or image for labelled data, got {section.kind!r}"
         )
+    if section.streaming:
+        return _load_streamed(section, seed=seed, model_path=model_path, roles=roles)
     source = str(section.source)
     data_seed = seed if section.seed is None else section.seed
     single = _is_single_file(source)
@@ -209,6 +212,72 @@ def load_splits(
         if section.eval_max_examples and evaluation.num_examples > section.eval_max_examples:
             evaluation = select(evaluation, max_examples=section.eval_max_examples, seed=data_seed)
         out["eval"] = _finish(section, evaluation, model_path)
+    return out
+
+
+def _load_streamed(
+    section: DataSection, *, seed: int, model_path: str | None, roles=("train", "eval")
+) -> dict[str, Any]:
+    """:func:`load_splits` with the training examples streamed (:mod:`adapt.data.streaming`):
+    the eval set is ``eval_source`` or the source's ``eval_split`` read into memory, or an
+    ``eval_fraction`` of the records; ``val_fraction`` is carved from the training records; both
+    held-out sets are read into memory, the training set is read batch by batch."""
+    from adapt.data.streaming import open_text_classification
+    from adapt.data.text import read_label_names
+
+    if section.kind != "text":
+        raise ConfigError(f"data.streaming reads text classification, not kind {section.kind!r}")
+    source = str(section.source)
+    label_names = section.label_names
+    if section.label_names_file is not None:
+        label_names = read_label_names(section.label_names_file)
+    data_seed = seed if section.seed is None else section.seed
+    train = open_text_classification(
+        source,
+        _tokenizer_path(section.tokenizer, model_path),
+        split=section.train_split,
+        text_column=section.text_column or "text",
+        text_pair_column=section.text_pair_column,
+        label_column=section.label_column or "label",
+        label_names=label_names,
+        max_length=section.max_length,
+        bucket_boundaries=section.bucket_boundaries,
+        token_type_ids=section.token_type_ids,
+        pad_id=section.pad_id,
+        data_dir=section.data_dir,
+    )
+    single = glob.has_magic(source) or _is_single_file(source)
+    if single and section.eval_source is None and not section.eval_fraction and "eval" in roles:
+        raise DataError(
+            f"data.source {source} is one set of ArrayRecord files, so it has no separate "
+            "evaluation split; set data.eval_source to held-out examples, or data.eval_fraction "
+            "to hold out part of these"
+        )
+    out: dict[str, Any] = {}
+    evaluation = None
+    if section.eval_fraction:
+        train, held = holdout(train, section.eval_fraction, section.split_seed)
+        evaluation = held.materialize()
+    elif "eval" in roles:
+        eval_source = str(section.eval_source) if section.eval_source is not None else source
+        in_memory = dataclasses.replace(
+            section, streaming=False, label_names=list(train.label_names), label_names_file=None
+        )
+        evaluation = _finish(
+            in_memory, _read(in_memory, eval_source, section.eval_split), model_path
+        )
+    if section.max_examples is not None and train.num_examples > section.max_examples:
+        keep = np.random.default_rng([data_seed, 0x5E1EC7]).permutation(train.num_examples)
+        train = train.select(np.sort(keep[: section.max_examples]))  # as dataset.select draws
+    if section.val_fraction:
+        train, val = holdout(train, section.val_fraction, data_seed, VAL_SALT)
+        out["val"] = val.materialize()
+    if "train" in roles:
+        out["train"] = train
+    if evaluation is not None and "eval" in roles:
+        if section.eval_max_examples and evaluation.num_examples > section.eval_max_examples:
+            evaluation = select(evaluation, max_examples=section.eval_max_examples, seed=data_seed)
+        out["eval"] = evaluation
     return out
 
 
@@ -275,6 +344,8 @@ def _load_lm(section: DataSection, model_path: str | None = None) -> Data:
     if section.pad_id is not None:
         options["pad_id"] = section.pad_id
     source = str(section.source)
+    if section.streaming:
+        return _stream_lm(section, tokenizer, loader, options)
     train = loader(source, tokenizer, section.seq_len, **options)
     val = None
     if section.eval_source is not None:
@@ -289,6 +360,38 @@ def _load_lm(section: DataSection, model_path: str | None = None) -> Data:
         )
     if section.val_fraction:
         train, val = holdout(train, section.val_fraction, section.split_seed, VAL_SALT)
+    return Data(train, evaluation, None, None, val)
+
+
+def _stream_lm(section: DataSection, tokenizer: Any, loader: Any, options: dict) -> Data:
+    """:func:`_load_lm` with the training rows streamed (:class:`adapt.data.streaming.StreamedLM`,
+    one unpacked row per record); the held-out rows are read into memory."""
+    from adapt.data.streaming import open_lm
+
+    keys = ("text_column", "prompt_column", "response_column", "template", "messages_column",
+            "bos", "eos", "data_dir")  # fmt: skip
+    train = open_lm(
+        str(section.source), tokenizer, section.seq_len, format=section.format,
+        pad_id=0 if section.pad_id is None else section.pad_id,
+        **{k: getattr(section, k) for k in keys if getattr(section, k) is not None},
+    )  # fmt: skip
+    first = section.max_examples or section.max_documents
+    if first is not None and train.num_examples > first:
+        train = train.select(np.arange(first))  # the first rows, as the in-memory loaders take
+    if section.eval_source is not None:
+        evaluation = loader(str(section.eval_source), tokenizer, section.seq_len, **options)
+    elif section.eval_fraction:
+        train, held = holdout(train, section.eval_fraction, section.split_seed)
+        evaluation = held.materialize()
+    else:
+        raise DataError(
+            f"data.source {section.source} gives the training rows and nothing is held out for "
+            "evaluation; set data.eval_source to another file, or data.eval_fraction"
+        )
+    val = None
+    if section.val_fraction:
+        train, held = holdout(train, section.val_fraction, section.split_seed, VAL_SALT)
+        val = held.materialize()
     return Data(train, evaluation, None, None, val)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from adapt.data import ClassificationData
+from adapt.data.streaming import TRUNCATION_SAMPLE
 
 TRUNCATION_WARNING = 0.02  # share of truncated examples in a split above which the run warns
 LABELS_FILE = "labels.json"
@@ -50,6 +51,11 @@ def summarize(data: Any) -> dict:
         for k, v in splits.items()
         if isinstance(v, ClassificationData) and "truncated" in v.inputs and v.num_examples
     }
+    streamed = [k for k, v in splits.items() if hasattr(v, "truncated_share")]
+    for k in streamed:  # read batch by batch: the share is estimated on a sample
+        truncated[k] = splits[k].truncated_share()
+    if streamed:
+        summary["streamed"] = streamed
     if truncated:
         summary["truncated"] = truncated
         summary["max_length"] = int(next(iter(splits.values())).max_length)
@@ -58,7 +64,11 @@ def summarize(data: Any) -> dict:
 
 def announce(summary: dict) -> None:
     """Print the summary as a few lines on stderr; warn about heavy truncation."""
-    examples = ", ".join(f"{k} {n:,}" for k, n in summary["examples"].items())
+    streamed = summary.get("streamed", [])
+    examples = ", ".join(
+        f"{k} {n:,}" + (" (streamed from disk)" if k in streamed else "")
+        for k, n in summary["examples"].items()
+    )
     lines = [f"data: {examples} examples"]
     if "classes" in summary:
         names = summary["label_names"]
@@ -73,6 +83,7 @@ def announce(summary: dict) -> None:
         lines.append(
             f"data: {100 * share:.1f}% of the {split} examples are cut at max_length="
             f"{summary['max_length']} tokens"
+            + (f" (estimated on up to {TRUNCATION_SAMPLE:,} of them)" if split in streamed else "")
         )
     print("\n".join(lines), file=sys.stderr, flush=True)
     for split, share in summary.get("truncated", {}).items():

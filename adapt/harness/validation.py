@@ -128,6 +128,30 @@ def check_data(problems: _Problems, where: str, data: DataSection, task: str | N
         bad = [b for b in data.bucket_boundaries if not isinstance(b, int) or b < 1]
         if bad:
             problems.append(f"{where}.bucket_boundaries must be positive integers, got {bad}")
+    if data.streaming:
+        if task == "regression":
+            problems.append(f"{where}.streaming reads class labels; regression reads in memory")
+        for key in ("examples_per_class", "classes"):
+            if getattr(data, key) is not None:
+                problems.append(
+                    f"{where}.{key} needs every example's label, which streaming does not read; "
+                    f"remove it, or set {where}.streaming=False to select from data in memory"
+                )
+        if kind == "lm" and data.pack_examples:
+            problems.append(
+                f"{where}.pack_examples needs every row at start; streamed LM rows are one "
+                "example each (pack offline into records of text, or set streaming=False)"
+            )
+        if (
+            kind == "text"
+            and data.label_names is None
+            and data.label_names_file is None
+            and not str(data.source or "").startswith("tfds:")
+        ):
+            problems.append(
+                f"{where}.streaming needs the label names up front (finding them would read "
+                f"every record); set {where}.label_names (or label_names_file), in id order"
+            )
     if data.eval_source is not None and data.eval_fraction:
         problems.append(
             f"{where}: give eval_source or eval_fraction, not both (eval_fraction holds "
@@ -233,6 +257,11 @@ def check_run(config: RunConfig) -> None:
     if config.optim.layerwise_decay is not None:
         p.range("optim.layerwise_decay", config.optim.layerwise_decay, 0, 1, lo_open=True)
     check_data(p, "data", config.data, config.task)
+    if config.data.streaming and t.length_grouping:
+        p.append(
+            "train.length_grouping sorts examples by length, which streamed data does not know "
+            "before reading them; set train.length_grouping=0 (streamed batches pad to max_length)"
+        )
     axes = config.mesh.axes
     if not isinstance(axes, list) or not all(
         isinstance(a, list | tuple) and len(a) == 2 and isinstance(a[0], str)

@@ -23,7 +23,11 @@ Arguments:
 - ``method``: ``lora`` (rank 16 on every linear layer, QLoRA's recipe without the NF4 base),
   ``qlora`` (the same over an NF4 base) or ``full``; ``steps`` (200), ``lr`` (2e-4 for
   adapters, 2e-5 for full), ``batch`` (8), ``seq_len`` (512), ``pack`` (chat and
-  prompt/response rows packed into full rows, else one padded row each), ``seed``, ``smoke``.
+  prompt/response rows packed into full rows, else one padded row each), ``seed``, ``smoke``;
+- ``streaming``: read the training rows batch by batch instead of into memory (an SFT corpus
+  larger than RAM): ``train`` is ``.array_record`` files of JSON records (a file, a folder of
+  ``train.array_record`` / ``train-*.array_record`` shards, or a glob) or a prepared ``tfds:``
+  name; each record is one row, never packed (adapt.data.streaming).
 """
 
 import ml_collections
@@ -37,6 +41,7 @@ def get_config(arg=None):
     arg = parse_arg(
         arg, model="", tokenizer="", train="", eval="", format="chat", method="lora", steps=200,
         lr=0.0, batch=8, seq_len=512, pack=False, seed=0, smoke=False, data_dir="", text="text",
+        streaming=False,
     )  # fmt: skip
     if not arg.model or not arg.train:
         raise ConfigError("configs/llm/tune.py needs model=<checkpoint folder> and train=<file>")
@@ -68,9 +73,13 @@ def get_config(arg=None):
         data["eval_fraction"] = 0.1
     if arg.data_dir:
         data["data_dir"] = arg.data_dir
-    table = arg.train.startswith(("tfds:", "hub:")) or arg.train.endswith(
-        (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+    table = (
+        arg.streaming
+        or arg.train.startswith(("tfds:", "hub:"))
+        or arg.train.endswith((".csv", ".tsv", ".json", ".jsonl", ".parquet", ".array_record"))
     )
+    if arg.streaming:  # the training rows read batch by batch (adapt.data.streaming)
+        data["streaming"] = True
     if arg.format == "text" and table:  # one document per row of the text column
         data["text_column"] = arg.text
     elif arg.format == "text":

@@ -32,6 +32,11 @@ Arguments:
   ``method`` (lora), ``per_class`` (0: all the training examples), ``epochs`` (0: the
   recipe's), ``lr_scale``, ``head_init``, ``wise``, ``export``, ``seed``, ``smoke``;
 - ``max_length`` (128 tokens), ``batch`` (32);
+- ``streaming``: read the training examples batch by batch instead of into memory, for data
+  larger than RAM: ``train`` is ``.array_record`` files of JSON records (a file, a folder of
+  ``<split>.array_record`` / ``<split>-*.array_record`` shards, or a glob) or a prepared
+  ``tfds:`` name, ``labels=`` is required (outside TFDS), batches pad to ``max_length``, held-out
+  fractions are drawn at random (adapt.data.streaming);
 - ``task``: ``classification`` (default) or ``regression`` (a numeric ``label`` column, a
   one-output head trained with the mean squared error, MAE/RMSE/R2/Pearson/Spearman reported,
   the checkpoint selected by validation Pearson; the head starts fresh, and a single file's
@@ -52,7 +57,7 @@ def get_config(arg=None):
         text="text", text_pair="", label="label", labels="", model="all-MiniLM-L6-v2",
         method="lora", per_class=0, epochs=0.0, lr_scale=1.0, head_init="probe",
         max_length=128, batch=32, wise=False, export=False, seed=0, smoke=False,
-        task="classification", data_dir="",
+        task="classification", data_dir="", streaming=False,
     )  # fmt: skip
     if not arg.train:
         raise ConfigError(
@@ -81,6 +86,8 @@ def get_config(arg=None):
         data["text_pair_column"] = arg.text_pair
     if arg.data_dir:
         data["data_dir"] = arg.data_dir
+    if arg.streaming:
+        data["streaming"] = True
     if arg.labels:
         data["label_names"] = arg.labels.split("|")
     if arg.task == "regression" and (arg.labels or arg.per_class):
