@@ -310,6 +310,69 @@ def test_streamed_chat_sft_runs_from_the_command_line(tmp_path, randomized_eval)
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "data: train 36 (streamed from disk), eval 4 examples" in out.stderr
+    summary = [line for line in out.stderr.splitlines() if line.startswith("data:")]
+    assert summary[0] == "data: train 36 (streamed from disk), eval 4 examples", summary
     results = json.loads((tmp_path / "w" / "results.json").read_text())
     assert results["steps"] == 4 and np.isfinite(results["eval"]["loss"])
+
+
+@pytest.mark.slow
+def test_two_processes_streaming_reproduce_the_single_process_losses(tmp_path):
+    """Each process reads its half of every batch (the test above); together they train as one."""
+    import socket
+
+    write_array_record(tmp_path / "train.array_record", _rows(100))
+    write_array_record(tmp_path / "test.array_record", _rows(8, offset=1000))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = ["--config.train.epochs=0", "--config.train.steps=6", "--config.train.log_every=1",
+             "--config.data.max_examples=100000"]  # fmt: skip
+    train, held = tmp_path / "train.array_record", tmp_path / "test.array_record"
+    _finetune(tmp_path / "single", train, *flags, "--cpu_devices=8", eval_file=held)
+    procs = [
+        _finetune(
+            tmp_path / "multi",
+            train,
+            *flags,
+            "--cpu_devices=4",
+            f"--coordinator=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            wait=False,
+            eval_file=held,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-3000:]
+    a, b = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
+    assert len(a) == 6
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_table_converts_to_shards_that_stream_like_the_table(tmp_path, tokenizer, suffix):
+    import pandas as pd
+
+    from adapt.data.streaming import convert_table
+
+    rows = _rows(25)
+    frame = pd.DataFrame(rows)
+    table = tmp_path / f"reviews{suffix}"
+    frame.to_parquet(table) if suffix == ".parquet" else frame.to_csv(table, index=False)
+    shards = convert_table(table, tmp_path / "shards", rows_per_shard=20)
+    assert [p.name for p in shards] == ["train-00000.array_record", "train-00001.array_record",
+                                        "train-00002.array_record"]  # fmt: skip
+    streamed = _streamed(tmp_path / "shards", tokenizer)
+    assert streamed.read(np.arange(50)).inputs["text"] == [r["review"] for r in rows]
+    in_memory = load_text_classification(
+        str(table), tokenizer, split="train", text_column="review", label_column="stars",
+        label_names=["bad", "good"], max_length=24, bucket_boundaries=None,
+    )  # fmt: skip
+    a, b = train_batches(streamed, 10, seed=5), train_batches(in_memory, 10, seed=5)
+    for _ in range(6):
+        np.testing.assert_array_equal(next(a)["input_ids"], next(b)["input_ids"])
+    with pytest.raises(DataError, match="convert_table reads"):
+        convert_table(shards[0], tmp_path / "again")

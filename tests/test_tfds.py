@@ -136,6 +136,41 @@ def test_tfds_errors_name_the_feature_or_the_preparation(data_dir, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing was downloaded or generated
 
 
+def test_streamed_tfds_batches_equal_the_in_memory_batches(data_dir):
+    """Images (augmented: the draws are the global batch's) and texts read per batch from the
+    prepared sets give the in-memory batches, on one process and as two halves."""
+    pytest.importorskip("grain")
+    from adapt import weights
+    from adapt.data.streaming import open_image_classification, open_text_classification
+
+    aug = D.Augmentation(crop_padding=2, horizontal_flip=True)
+    prep = D.ImagePreprocessing(image_size=12, channels=3)
+    streamed = open_image_classification("tfds:adapt_test_images", preprocessing=prep,
+                                         augmentation=aug, data_dir=str(data_dir))  # fmt: skip
+    in_memory = D.load_image_classification("tfds:adapt_test_images", preprocessing=prep,
+                                            augmentation=aug, data_dir=data_dir)  # fmt: skip
+    assert streamed.label_names == ["cat", "dog", "bird"]
+    whole = D.train_batches(streamed, 8, seed=2)
+    ref = D.train_batches(in_memory, 8, seed=2)
+    halves = [D.train_batches(streamed, 8, seed=2, process_index=p, process_count=2)
+              for p in (0, 1)]  # fmt: skip
+    for _ in range(5):
+        x, y, parts = next(whole), next(ref), [next(h) for h in halves]
+        for key in y:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), y[key])
+    tok = weights.resolve("all-MiniLM-L6-v2") / "tokenizer.json"
+    texts = open_text_classification("tfds:adapt_test_texts", tok, data_dir=str(data_dir),
+                                     max_length=16)  # fmt: skip
+    memory = D.load_text_classification("tfds:adapt_test_texts", tok, split="train",
+                                        data_dir=data_dir, max_length=16,
+                                        bucket_boundaries=None)  # fmt: skip
+    assert texts.label_names == ["neg", "pos"]
+    x, y = next(D.train_batches(texts, 4, seed=0)), next(D.train_batches(memory, 4, seed=0))
+    for key in y:
+        np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
 def _finetune(workdir: Path, config: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     return subprocess.run(
@@ -174,16 +209,20 @@ def tiny_vit(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("streaming", [False, True], ids=["in_memory", "streaming"])
 def test_a_tfds_image_set_trains_a_vit_with_lora_through_the_generic_config(
-    data_dir, tiny_vit, tmp_path
+    data_dir, tiny_vit, tmp_path, streaming
 ):
+    if streaming:
+        pytest.importorskip("grain")
     out = _finetune(
         tmp_path / "w",
         f"configs/vision/classify.py:model={tiny_vit},train=tfds:adapt_test_images,"
-        f"data_dir={data_dir},method=lora,smoke",
+        f"data_dir={data_dir},method=lora,streaming={streaming},smoke",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "3 classes: 0=cat, 1=dog, 2=bird" in out.stderr
+    assert ("(streamed from disk)" in out.stderr) == streaming
     results = json.loads((tmp_path / "w" / "results.json").read_text())
     assert results["method"] == "lora" and 0 < results["trainable_pct"] < 100
     assert results["data"]["examples"]["eval"] == 9

@@ -307,7 +307,7 @@ class DataSection(Section):
     label_column: str | None = None
     text_column: str | None = None
     cache_dir: str | None = None
-    # text, lm: read the training examples batch by batch from ArrayRecord files or a prepared
+    # text, image, lm: read the training examples batch by batch from ArrayRecord files or a prepared
     # tfds: data set instead of into memory (adapt.data.streaming: for data larger than RAM)
     streaming: bool = False
     # text
@@ -350,7 +350,8 @@ KIND_KEYS = {
         "bucket_boundaries", "token_type_ids", "text_pair_column", "delimiter",
         "dataset_config", "pad_id", "data_dir", "streaming",
     },
-    "image": _COMMON | _CLASSIFY | {"preprocessing", "augmentation", "image_shape", "data_dir"},
+    "image": _COMMON | _CLASSIFY | {"preprocessing", "augmentation", "image_shape", "data_dir",
+                                    "streaming"},
     "lm": _COMMON | {
         "eval_fraction", "split_seed", "val_fraction", "tokenizer", "seq_len", "format", "document_separator", "bos", "eos", "max_documents",
         "text_column", "prompt_column", "response_column", "template", "pack_examples", "pad_id",

@@ -23,6 +23,13 @@ from adapt.data.dataset import DataError, require_path
 _HINT = "pip install 'adapt-jax[streaming]' (in a checkout: pip install -e '.[streaming]')"
 
 
+def _plain(value: Any) -> Any:
+    """numpy values as JSON values (an image array as nested lists of ints)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def write_array_record(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     """Write ``rows`` (JSON-serialisable dicts) as one ``.array_record`` file of JSON records,
     one record per row, readable at random (``group_size:1``); returns the number written."""
@@ -36,7 +43,7 @@ def write_array_record(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     count = 0
     try:
         for row in rows:
-            writer.write(json.dumps(row, ensure_ascii=False).encode("utf-8"))
+            writer.write(json.dumps(row, ensure_ascii=False, default=_plain).encode("utf-8"))
             count += 1
     finally:
         writer.close()

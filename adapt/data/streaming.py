@@ -14,12 +14,13 @@ them then. Because batches are a pure function of (seed, step), nothing else cha
 - **resume**: the data position is the step, which the orbax checkpoint holds; a resumed run
   re-derives the batch order and reads exactly the batches the uninterrupted run would have.
 
-Sources (``data.streaming=True``; ``data.kind`` "text" for classification, "lm" for causal-LM
-rows: :class:`StreamedLM`):
+Sources (``data.streaming=True``; ``data.kind`` "text" for classification, "image" for
+:class:`StreamedImageClassification`, "lm" for causal-LM rows: :class:`StreamedLM`):
 
 - an ``.array_record`` file, a folder holding ``{split}.array_record`` or shards
   ``{split}-*.array_record``, or a glob; each record is one example as a UTF-8 JSON object
-  (write them with :func:`write_array_record`); read through ``grain.sources.ArrayRecordDataSource``
+  (write them with :func:`write_array_record`, or :func:`convert_table` from a csv/json/parquet
+  file, chunk by chunk); read through ``grain.sources.ArrayRecordDataSource``
   (random access);
 - ``"tfds:<name>"``: a TFDS data set prepared as ``array_record`` under ``data_dir``
   (``tfds.data_source``, itself random access); its ``ClassLabel`` names are the label names.
@@ -36,8 +37,10 @@ the same reason, and are read into memory (they are the small side); per-class b
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
-from typing import Any, Self
+from pathlib import Path
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -48,6 +51,57 @@ from adapt.data.text import TextClassificationData, encode, prepare_tokenizer
 TRUNCATION_SAMPLE = 2000  # records read at start to estimate the share cut at max_length
 
 
+def convert_table(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    split: str = "train",
+    rows_per_shard: int = 100_000,
+    delimiter: str | None = None,
+) -> list[Path]:
+    """A csv/tsv/json/jsonl/parquet file (or ``datasets``' glob of them) as ArrayRecord shards
+    ``<out_dir>/<split>-00000.array_record``, ... of ``rows_per_shard`` JSON records each, read
+    in chunks by ``datasets``' streaming mode (never whole); returns the shards written."""
+    import datasets
+
+    from adapt.data.tables import FORMATS
+
+    suffix = Path(str(source)).suffix.lower()
+    if suffix not in FORMATS or FORMATS[suffix] == "array_record":
+        raise DataError(
+            f"convert_table reads {sorted(set(FORMATS) - {'.array_record'})}; got {source}"
+        )
+    if rows_per_shard < 1:
+        raise DataError(f"rows_per_shard must be >= 1; got {rows_per_shard}")
+    kwargs: dict[str, Any] = {}
+    if FORMATS[suffix] == "csv":  # as adapt.data.tables reads them
+        kwargs = {
+            "keep_default_na": False,
+            "delimiter": delimiter or ("\t" if suffix == ".tsv" else ","),
+        }
+        if suffix == ".tsv":
+            kwargs["quoting"] = 3
+    rows = datasets.load_dataset(
+        FORMATS[suffix], data_files={"train": str(source)}, split="train", streaming=True, **kwargs
+    )
+    out = Path(out_dir)
+    shards: list[Path] = []
+    chunk: list[dict] = []
+
+    def flush() -> None:
+        shards.append(out / f"{split}-{len(shards):05d}.array_record")
+        write_array_record(shards[-1], chunk)
+        chunk.clear()
+
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == rows_per_shard:
+            flush()
+    if chunk or not shards:
+        flush()
+    return shards
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class StreamedTextClassification:
     """Text classification read per batch from :class:`Records` and tokenised then.
@@ -55,6 +109,8 @@ class StreamedTextClassification:
     ``index[i]`` is the record of example ``i``; selection and hold-outs only cut the index.
     ``collate`` pads to ``max_length``; :meth:`materialize` reads a (small) selection into a
     :class:`~adapt.data.text.TextClassificationData` (bucketed, as in memory)."""
+
+    streamed: ClassVar[bool] = True  # read per batch (the run's data summary says so)
 
     records: Records
     index: np.ndarray
@@ -141,6 +197,8 @@ class StreamedLM:
     truncation leaves without a target token weighs nothing in the loss (in memory it is
     dropped, which needs every row at start)."""
 
+    streamed: ClassVar[bool] = True  # read per batch (the run's data summary says so)
+
     records: Records
     index: np.ndarray
     sequence: Callable[[dict, str], tuple[list[int], list[float]]]  # record -> ids, weights
@@ -186,6 +244,103 @@ class StreamedLM:
         local = np.asarray(indices)[rows]
         return self.read(local).collate(np.arange(len(local)), slice(None), seed=seed,
                                         step=step, train=train)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamedImageClassification:
+    """Images read per batch from records with an ``image`` (uint8 ``(H, W)`` or ``(H, W, C)``:
+    TFDS's ``Image`` feature, or a nested list in a JSON record) and a ``label``, preprocessed
+    and augmented as :class:`~adapt.data.images.ImageClassificationData` does it, with the same
+    augmentation draws for the same step (so a streamed batch equals the in-memory one)."""
+
+    streamed: ClassVar[bool] = True  # read per batch (the run's data summary says so)
+
+    records: Records
+    index: np.ndarray
+    label_names: list[str]
+    preprocessing: Any  # adapt.data.images.ImagePreprocessing
+    augmentation: Any = None  # adapt.data.images.Augmentation
+    regression: bool = False
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.index)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def lengths(self) -> None:
+        return None
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> Self:
+        return dataclasses.replace(self, index=self.index[np.asarray(indices, dtype=np.int64)])
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> Any:
+        """Examples ``indices`` as in-memory :class:`~adapt.data.images.ImageClassificationData`."""
+        from adapt.data.images import ImageClassificationData
+
+        rows = self.records.get(self.index[np.asarray(indices, dtype=np.int64)])
+        where = self.records.where
+        missing = {"image", "label"} - set(rows[0]) if rows else set()
+        if missing:
+            raise DataError(
+                f"the records of {where} have no {sorted(missing)}; they have {sorted(rows[0])} "
+                "(image classification reads 'image' and 'label')"
+            )
+        images = np.stack([np.asarray(r["image"], np.uint8) for r in rows])
+        if images.ndim == 3:
+            images = images[..., None]
+        labels, _ = map_labels([r["label"] for r in rows], self.label_names, source=where)
+        return ImageClassificationData({"images": images}, labels, list(self.label_names),
+                                       preprocessing=self.preprocessing,
+                                       augmentation=self.augmentation)  # fmt: skip
+
+    def materialize(self) -> Any:
+        return self.read(np.arange(self.num_examples))
+
+    def collate(
+        self, indices: np.ndarray, rows: slice, *, seed: int, step: int, train: bool
+    ) -> dict[str, np.ndarray]:
+        indices = np.asarray(indices)
+        part = self.read(indices[rows])  # this process's rows only
+        # the global batch's shape with this process's rows filled, so that augmentation draws
+        # for the whole batch and keeps its rows, as in memory
+        images = np.zeros((len(indices), *part.inputs["images"].shape[1:]), np.uint8)
+        labels = np.zeros(len(indices), part.labels.dtype)
+        images[rows], labels[rows] = part.inputs["images"], part.labels
+        whole = dataclasses.replace(part, inputs={"images": images}, labels=labels)
+        return whole.collate(np.arange(len(indices)), rows, seed=seed, step=step, train=train)
+
+
+def open_image_classification(
+    source: str,
+    *,
+    split: str = "train",
+    label_names: Sequence[str] | None = None,
+    preprocessing: Any = None,
+    augmentation: Any = None,
+    data_dir: str | None = None,
+) -> StreamedImageClassification:
+    """A streamed image-classification split (``label_names`` default to TFDS's ``label``
+    names); the first record is read to check it."""
+    from adapt.data.images import ImagePreprocessing
+
+    records = open_records(source, split, data_dir)
+    if len(records) == 0:
+        raise DataError(f"{records.where} holds no records")
+    names = label_names if label_names is not None else records.class_names.get("label")
+    if names is None:
+        raise DataError(
+            f"streamed data needs its label names up front (finding them would read every record "
+            f"of {records.where}); set data.label_names, in id order"
+        )
+    data = StreamedImageClassification(
+        records, np.arange(len(records), dtype=np.int64), list(names),
+        preprocessing or ImagePreprocessing(), augmentation,
+    )  # fmt: skip
+    data.read([0])
+    return data
 
 
 def open_lm(
@@ -304,8 +459,11 @@ def open_text_classification(
 
 __all__ = [
     "Records",
+    "StreamedImageClassification",
     "StreamedLM",
     "StreamedTextClassification",
+    "convert_table",
+    "open_image_classification",
     "open_lm",
     "open_records",
     "open_text_classification",

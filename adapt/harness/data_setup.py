@@ -215,24 +215,12 @@ def load_splits(
     return out
 
 
-def _load_streamed(
-    section: DataSection, *, seed: int, model_path: str | None, roles=("train", "eval")
-) -> dict[str, Any]:
-    """:func:`load_splits` with the training examples streamed (:mod:`adapt.data.streaming`):
-    the eval set is ``eval_source`` or the source's ``eval_split`` read into memory, or an
-    ``eval_fraction`` of the records; ``val_fraction`` is carved from the training records; both
-    held-out sets are read into memory, the training set is read batch by batch."""
+def _open_streamed_text(
+    section: DataSection, source: str, label_names: list | None, model_path: str | None
+) -> Any:
     from adapt.data.streaming import open_text_classification
-    from adapt.data.text import read_label_names
 
-    if section.kind != "text":
-        raise ConfigError(f"data.streaming reads text classification, not kind {section.kind!r}")
-    source = str(section.source)
-    label_names = section.label_names
-    if section.label_names_file is not None:
-        label_names = read_label_names(section.label_names_file)
-    data_seed = seed if section.seed is None else section.seed
-    train = open_text_classification(
+    return open_text_classification(
         source,
         _tokenizer_path(section.tokenizer, model_path),
         split=section.train_split,
@@ -246,6 +234,32 @@ def _load_streamed(
         pad_id=section.pad_id,
         data_dir=section.data_dir,
     )
+
+
+def _load_streamed(
+    section: DataSection, *, seed: int, model_path: str | None, roles=("train", "eval")
+) -> dict[str, Any]:
+    """:func:`load_splits` with the training examples streamed (:mod:`adapt.data.streaming`):
+    the eval set is ``eval_source`` or the source's ``eval_split`` read into memory, or an
+    ``eval_fraction`` of the records; ``val_fraction`` is carved from the training records; both
+    held-out sets are read into memory, the training set is read batch by batch."""
+    from adapt.data.streaming import open_image_classification
+    from adapt.data.text import read_label_names
+
+    source = str(section.source)
+    label_names = section.label_names
+    if section.label_names_file is not None:
+        label_names = read_label_names(section.label_names_file)
+    data_seed = seed if section.seed is None else section.seed
+    if section.kind == "image":
+        augment = Augmentation(**section.augmentation) if section.augmentation else None
+        train = open_image_classification(
+            source, split=section.train_split, label_names=label_names,
+            preprocessing=ImagePreprocessing(**_tuples(section.preprocessing)),
+            augmentation=augment, data_dir=section.data_dir,
+        )  # fmt: skip
+    else:
+        train = _open_streamed_text(section, source, label_names, model_path)
     single = glob.has_magic(source) or _is_single_file(source)
     if single and section.eval_source is None and not section.eval_fraction and "eval" in roles:
         raise DataError(

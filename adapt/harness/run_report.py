@@ -39,6 +39,9 @@ def summarize(data: Any) -> dict:
     (the last three for classification; ``truncated``: share per split, for text)."""
     splits = _splits(data)
     summary: dict[str, Any] = {"examples": {k: int(v.num_examples) for k, v in splits.items()}}
+    streamed = [k for k, v in splits.items() if getattr(v, "streamed", False)]
+    if streamed:
+        summary["streamed"] = streamed
     if data.label_names is None:
         return summary
     summary["classes"] = len(data.label_names)
@@ -51,11 +54,9 @@ def summarize(data: Any) -> dict:
         for k, v in splits.items()
         if isinstance(v, ClassificationData) and "truncated" in v.inputs and v.num_examples
     }
-    streamed = [k for k, v in splits.items() if hasattr(v, "truncated_share")]
     for k in streamed:  # read batch by batch: the share is estimated on a sample
-        truncated[k] = splits[k].truncated_share()
-    if streamed:
-        summary["streamed"] = streamed
+        if hasattr(splits[k], "truncated_share"):
+            truncated[k] = splits[k].truncated_share()
     if truncated:
         summary["truncated"] = truncated
         summary["max_length"] = int(next(iter(splits.values())).max_length)

@@ -143,7 +143,7 @@ def check_data(problems: _Problems, where: str, data: DataSection, task: str | N
                 "example each (pack offline into records of text, or set streaming=False)"
             )
         if (
-            kind == "text"
+            kind in ("text", "image")
             and data.label_names is None
             and data.label_names_file is None
             and not str(data.source or "").startswith("tfds:")

@@ -27,7 +27,9 @@ Arguments:
   (0.5 and 0.5 without one, as ViT's);
 - ``labels`` (``"cat|dog"``) names the classes in id order; ``per_class``, ``method`` (lora),
   ``epochs``, ``lr_scale``, ``head_init``, ``wise``, ``export``, ``seed``, ``batch`` (32),
-  ``smoke`` as in configs/text/classify.py.
+  ``smoke`` as in configs/text/classify.py;
+- ``streaming``: read the training images batch by batch (a ``tfds:`` set, or ``.array_record``
+  files of JSON records with ``image`` and ``label``), never whole (adapt.data.streaming).
 """
 
 import json
@@ -50,7 +52,7 @@ def get_config(arg=None):
         arg, train="", eval="", train_split="train", eval_split="test", eval_fraction=0.2,
         labels="", model="", image_size=0, resize="resize", data_dir="", method="lora",
         per_class=0, epochs=0.0, lr_scale=1.0, head_init="probe", batch=32, wise=False,
-        export=False, seed=0, smoke=False,
+        export=False, seed=0, smoke=False, streaming=False,
     )  # fmt: skip
     if not arg.train or not arg.model:
         raise ConfigError(
@@ -81,6 +83,8 @@ def get_config(arg=None):
         data["label_names"] = arg.labels.split("|")
     if arg.data_dir:
         data["data_dir"] = str(Path(arg.data_dir).expanduser())
+    if arg.streaming:
+        data["streaming"] = True
     few = arg.per_class > 0
     if few:
         data["examples_per_class"] = arg.per_class
