@@ -11,7 +11,8 @@
   ``step``, ``fingerprint`` and optionally the canonical ``config``, added here.
 
 **Fingerprints.** ``fingerprint = {"config": config_fingerprint(cfg), "base": params_fingerprint(
-frozen_base)}`` (see :mod:`adapt.fingerprint`). Constructing a :class:`Checkpointer` on a workdir
+frozen_base)}``, optionally with ``"data": data_fingerprint(...)`` (compared when the stored
+checkpoint has one too; see :mod:`adapt.fingerprint`). Constructing a :class:`Checkpointer` on a workdir
 whose latest checkpoint carries a different fingerprint raises :class:`WorkdirMismatchError`
 naming the part that differs, *before* anything is created, cleaned or deleted: the check reads
 the stored meta through a read-only manager.
@@ -191,9 +192,10 @@ class Checkpointer:
     ):
         if every < 1 or keep < 1:
             raise ValueError(f"every and keep must be >= 1, got every={every}, keep={keep}")
-        if set(fingerprint) != {"config", "base"}:
+        if not {"config", "base"} <= set(fingerprint) <= {"config", "base", "data"}:
             raise ValueError(
-                f"fingerprint needs keys 'config' and 'base', got {sorted(fingerprint)}"
+                f"fingerprint needs keys 'config' and 'base' (and optionally 'data'), got "
+                f"{sorted(fingerprint)}"
             )
         self.workdir = Path(workdir).absolute()  # orbax requires absolute paths
         self.directory = self.workdir / "checkpoints"
@@ -276,7 +278,10 @@ class Checkpointer:
                 f"it cannot be checked against this run. {fix}"
             )
         problems = []
-        for part, what in (("config", "run config differs"), ("base", "base parameters differ")):
+        parts = [("config", "run config differs"), ("base", "base parameters differ")]
+        if "data" in stored and "data" in self.fingerprint:  # older checkpoints have none
+            parts.append(("data", "training data differs (its size or labels changed)"))
+        for part, what in parts:
             if stored.get(part) != self.fingerprint[part]:
                 problems.append(
                     f"the {what} (stored {part} fingerprint "

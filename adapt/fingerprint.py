@@ -11,6 +11,10 @@ in a workdir is touched.
   checkpoints, how many checkpoints it keeps, progress bars), so changing them does not block a
   resume. The total number of steps is deliberately **kept**: learning-rate schedules are a
   function of it, so a run with a different length is a different run from step 1.
+- :func:`data_fingerprint` hashes what fixes the batch order of a resumed run: the number of
+  examples of each split, and their labels (or LM token ids) where they are in memory; a
+  streamed set contributes its size and its index (its records are not read). Checkpoints and
+  results written before it existed carry none and are not checked against it.
 - :func:`params_fingerprint` hashes every leaf's path, dtype, shape and raw bytes, in sorted path
   order, so it is independent of dict insertion order and of how arrays are sharded. ~25M float32
   parameters hash in about 0.15 s here (sha256 runs at ~1.5 GB/s with SHA-NI; the device-to-host
@@ -159,4 +163,22 @@ def params_fingerprint(params: Any) -> str:
         header = f"{name}|{arr.dtype.name}|{','.join(map(str, arr.shape))}|{arr.nbytes}\n"
         digest.update(header.encode())
         digest.update(arr.reshape(-1).view(np.uint8).data)
+    return digest.hexdigest()
+
+
+def data_fingerprint(splits: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the sizes and labels of a run's data sets (module docstring)."""
+    digest = hashlib.sha256()
+    for name in sorted(splits):
+        data = splits[name]
+        if data is None:
+            continue
+        digest.update(f"{name}|{int(data.num_examples)}\n".encode())
+        for attr in ("labels", "index"):  # in-memory classification labels, a streamed index
+            value = getattr(data, attr, None)
+            if isinstance(value, np.ndarray):
+                digest.update(np.ascontiguousarray(value).view(np.uint8).data)
+        arrays = getattr(data, "arrays", None)  # in-memory LM rows
+        if isinstance(arrays, Mapping) and "input_ids" in arrays:
+            digest.update(np.ascontiguousarray(arrays["input_ids"]).view(np.uint8).data)
     return digest.hexdigest()

@@ -376,3 +376,30 @@ def test_a_table_converts_to_shards_that_stream_like_the_table(tmp_path, tokeniz
         np.testing.assert_array_equal(next(a)["input_ids"], next(b)["input_ids"])
     with pytest.raises(DataError, match="convert_table reads"):
         convert_table(shards[0], tmp_path / "again")
+
+
+@pytest.mark.slow
+def test_a_workdir_refuses_a_resume_on_changed_training_data(tmp_path, monkeypatch):
+    """The step is the data position only while the data stays the same: records added after a
+    run was checkpointed make the resume (or the finished run's reuse) stop with the reason."""
+    from adapt.checkpoint import WorkdirMismatchError
+    from adapt.harness.command_line import load_config_file
+    from adapt.harness.loop import run
+
+    monkeypatch.chdir(REPO)
+    write_array_record(tmp_path / "data" / "train-00000.array_record", _rows(30))
+    write_array_record(tmp_path / "test.array_record", _rows(8, offset=100))
+    arg = (f"train={tmp_path / 'data'},eval={tmp_path / 'test.array_record'},text=review,"
+           "label=stars,labels=bad|good,streaming=True,head_init=fresh,smoke")  # fmt: skip
+
+    def config():
+        return load_config_file(str(REPO / "configs/text/classify.py"), arg)
+
+    run(config(), tmp_path / "w")
+    assert run(config(), tmp_path / "w")["already_finished"]  # the same data: reused
+    write_array_record(tmp_path / "data" / "train-00001.array_record", _rows(5, offset=50))
+    with pytest.raises(WorkdirMismatchError, match="training data differs"):
+        run(config(), tmp_path / "w")  # the finished run's results
+    (tmp_path / "w" / "results.json").unlink()  # as if killed after its last checkpoint
+    with pytest.raises(WorkdirMismatchError, match=r"training data differs \(its size or labels"):
+        run(config(), tmp_path / "w")

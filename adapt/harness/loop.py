@@ -28,7 +28,7 @@ from adapt import partition
 from adapt.checkpoint import Checkpointer, PreemptionFlag, WorkdirMismatchError
 from adapt.config import ConfigError, RunConfig, suggest
 from adapt.data import steps_per_epoch, train_batches
-from adapt.fingerprint import config_fingerprint, params_fingerprint
+from adapt.fingerprint import config_fingerprint, data_fingerprint, params_fingerprint
 from adapt.harness import exports, run_report
 from adapt.harness.evaluation import evaluate, predict
 from adapt.harness.experiment import (  # noqa: F401 - build and loss_function: public here too
@@ -51,6 +51,11 @@ from adapt.metrics import (
 from adapt.train import NonFiniteLossError
 
 
+def _compared(stored: dict, part: str) -> bool:
+    """Results written before the data fingerprint existed carry none: only it may be absent."""
+    return part != "data" or part in stored
+
+
 def finished_results(workdir: Path, fingerprint: dict, config_dict: dict) -> dict | None:
     """The results of a finished run of this experiment in ``workdir`` (None if it has not
     finished); a finished run of *another* experiment is refused. Reads only."""
@@ -69,12 +74,13 @@ def finished_results(workdir: Path, fingerprint: dict, config_dict: dict) -> dic
         saved = workdir / "config.json"
         same = saved.exists() and json.loads(saved.read_text()) == config_dict
     else:
-        same = stored == fingerprint
+        same = all(stored.get(k) == v for k, v in fingerprint.items() if _compared(stored, k))
     if not same:
+        parts = (("config", "run config"), ("base", "base parameters"), ("data", "training data"))
         differs = [
             what
-            for part, what in (("config", "run config"), ("base", "base parameters"))
-            if stored is None or stored.get(part) != fingerprint[part]
+            for part, what in parts
+            if stored is None or _compared(stored, part) and stored.get(part) != fingerprint[part]
         ]
         saved = workdir / "config.json"
         changed = []
@@ -107,6 +113,8 @@ def run(config: Any, workdir: str | Path) -> dict:
     fingerprint = {
         "config": config_fingerprint(config_dict),
         "base": params_fingerprint(model.base_params),
+        # a resumed run re-derives its batches from the step: the data must be the same
+        "data": data_fingerprint({"train": exp.data.train, "val": exp.data.val}),
     }
     total = sum(exp.steps_per_stage)
     ckpt_args = dict(
