@@ -52,6 +52,24 @@ def _folder(path: Path, template: str | None = LLAMA3_TEMPLATE) -> Path:
     return path
 
 
+def tiny_chat_llama(path: Path, randomized_eval) -> Path:
+    """A tiny randomly initialised LLaMA saved by transformers, with :func:`_folder`'s tokenizer
+    and chat template beside it."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    folder = _folder(path)
+    tok = HuggingFaceTokenizer(folder)
+    torch.manual_seed(0)
+    model = randomized_eval(transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=56,
+                                 num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, max_position_embeddings=256,
+                                 bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+    ))  # fmt: skip
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def _jsonl(path: Path, conversations) -> Path:
     path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
     return path
@@ -112,21 +130,10 @@ def test_bad_chat_data_is_named(tmp_path):
 def test_chat_sft_runs_through_the_harness(tmp_path, randomized_eval):
     """configs/llm/tune.py's smoke run: a tiny LLaMA checkpoint whose folder carries the
     tokenizer and chat template, trained with LoRA on chat JSONL (no data.tokenizer)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
     from adapt.config import load_config_file
     from adapt.harness.loop import run
 
-    folder = _folder(tmp_path / "llama")
-    tok = HuggingFaceTokenizer(folder)
-    torch.manual_seed(0)
-    model = randomized_eval(transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=56,
-                                 num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, max_position_embeddings=256,
-                                 bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
-    ))  # fmt: skip
-    model.save_pretrained(folder, safe_serialization=True)
+    folder = tiny_chat_llama(tmp_path / "llama", randomized_eval)
     chats = [CONVERSATION[:3] if i % 2 else CONVERSATION for i in range(16)]
     train = _jsonl(tmp_path / "c.jsonl", chats[:12])
     held_out = _jsonl(tmp_path / "h.jsonl", chats[12:])

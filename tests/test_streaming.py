@@ -284,21 +284,9 @@ def test_streamed_chat_rows_equal_the_in_memory_rows(tmp_path):
 @pytest.mark.slow
 def test_streamed_chat_sft_runs_from_the_command_line(tmp_path, randomized_eval):
     """configs/llm/tune.py with streaming=True on ArrayRecord shards of conversations."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from adapt.data.tokenizers import HuggingFaceTokenizer
-    from tests.test_chat import CONVERSATION, _folder
+    from tests.test_chat import CONVERSATION, tiny_chat_llama
 
-    folder = _folder(tmp_path / "llama")
-    tok = HuggingFaceTokenizer(folder)
-    torch.manual_seed(0)
-    model = randomized_eval(transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=56,
-                                 num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, max_position_embeddings=256,
-                                 bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
-    ))  # fmt: skip
-    model.save_pretrained(folder, safe_serialization=True)
+    folder = tiny_chat_llama(tmp_path / "llama", randomized_eval)
     chats = [{"messages": CONVERSATION[: 3 + 2 * (i % 2)]} for i in range(40)]
     write_array_record(tmp_path / "data" / "train-00000-of-00002.array_record", chats[:20])
     write_array_record(tmp_path / "data" / "train-00001-of-00002.array_record", chats[20:])

@@ -103,17 +103,33 @@ def convert_table(
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class StreamedTextClassification:
-    """Text classification read per batch from :class:`Records` and tokenised then.
-
-    ``index[i]`` is the record of example ``i``; selection and hold-outs only cut the index.
-    ``collate`` pads to ``max_length``; :meth:`materialize` reads a (small) selection into a
-    :class:`~adapt.data.text.TextClassificationData` (bucketed, as in memory)."""
-
-    streamed: ClassVar[bool] = True  # read per batch (the run's data summary says so)
+class StreamedData:
+    """What every streamed set is: an index into :class:`Records` (``index[i]`` is the record of
+    example ``i``); selection and hold-outs only cut the index, reading happens in ``collate``."""
 
     records: Records
     index: np.ndarray
+
+    streamed: ClassVar[bool] = True  # read per batch (the run's data summary says so)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.index)
+
+    def lengths(self) -> None:
+        return None  # unknown without reading every record: no length grouping
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> Self:
+        return dataclasses.replace(self, index=self.index[np.asarray(indices, dtype=np.int64)])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamedTextClassification(StreamedData):
+    """Text classification read per batch from :class:`Records` and tokenised then.
+
+    ``collate`` pads to ``max_length``; :meth:`materialize` reads a (small) selection into a
+    :class:`~adapt.data.text.TextClassificationData` (bucketed, as in memory)."""
+
     label_names: list[str]
     tokenizer: Any  # a prepared tokenizers.Tokenizer (truncation on, padding off)
     text_column: str
@@ -126,18 +142,8 @@ class StreamedTextClassification:
     regression: bool = False
 
     @property
-    def num_examples(self) -> int:
-        return len(self.index)
-
-    @property
     def num_classes(self) -> int:
         return len(self.label_names)
-
-    def lengths(self) -> None:
-        return None  # unknown without reading every record: no length grouping
-
-    def select(self, indices: Sequence[int] | np.ndarray) -> Self:
-        return dataclasses.replace(self, index=self.index[np.asarray(indices, dtype=np.int64)])
 
     def read(self, indices: Sequence[int] | np.ndarray) -> ClassificationData:
         """Examples ``indices`` as raw (untokenised) in-memory data."""
@@ -189,7 +195,7 @@ class StreamedTextClassification:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class StreamedLM:
+class StreamedLM(StreamedData):
     """Causal-LM rows read per batch: each record is one example (a document, a prompt /
     response pair or a conversation) made into one row of ``seq_len`` tokens, truncated and
     right-padded. Packing several examples into a row needs a pass over the data, so streamed
@@ -197,23 +203,9 @@ class StreamedLM:
     truncation leaves without a target token weighs nothing in the loss (in memory it is
     dropped, which needs every row at start)."""
 
-    streamed: ClassVar[bool] = True  # read per batch (the run's data summary says so)
-
-    records: Records
-    index: np.ndarray
     sequence: Callable[[dict, str], tuple[list[int], list[float]]]  # record -> ids, weights
     seq_len: int
     pad_id: int = 0
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.index)
-
-    def lengths(self) -> None:
-        return None
-
-    def select(self, indices: Sequence[int] | np.ndarray) -> Self:
-        return dataclasses.replace(self, index=self.index[np.asarray(indices, dtype=np.int64)])
 
     def read(self, indices: Sequence[int] | np.ndarray) -> Any:
         """Examples ``indices`` as in-memory :class:`~adapt.data.lm.LMData` rows."""
@@ -247,34 +239,20 @@ class StreamedLM:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class StreamedImageClassification:
+class StreamedImageClassification(StreamedData):
     """Images read per batch from records with an ``image`` (uint8 ``(H, W)`` or ``(H, W, C)``:
     TFDS's ``Image`` feature, or a nested list in a JSON record) and a ``label``, preprocessed
     and augmented as :class:`~adapt.data.images.ImageClassificationData` does it, with the same
     augmentation draws for the same step (so a streamed batch equals the in-memory one)."""
 
-    streamed: ClassVar[bool] = True  # read per batch (the run's data summary says so)
-
-    records: Records
-    index: np.ndarray
     label_names: list[str]
     preprocessing: Any  # adapt.data.images.ImagePreprocessing
     augmentation: Any = None  # adapt.data.images.Augmentation
     regression: bool = False
 
     @property
-    def num_examples(self) -> int:
-        return len(self.index)
-
-    @property
     def num_classes(self) -> int:
         return len(self.label_names)
-
-    def lengths(self) -> None:
-        return None
-
-    def select(self, indices: Sequence[int] | np.ndarray) -> Self:
-        return dataclasses.replace(self, index=self.index[np.asarray(indices, dtype=np.int64)])
 
     def read(self, indices: Sequence[int] | np.ndarray) -> Any:
         """Examples ``indices`` as in-memory :class:`~adapt.data.images.ImageClassificationData`."""
@@ -459,6 +437,7 @@ def open_text_classification(
 
 __all__ = [
     "Records",
+    "StreamedData",
     "StreamedImageClassification",
     "StreamedLM",
     "StreamedTextClassification",
