@@ -34,7 +34,10 @@ results/transfer_banking77_all/.
 ``few_labels`` is the few-label budgets (Banking77 10 per intent, SST-2 10 and 50 per class, 3 seeds)
 for the methods ``core`` leaves out: Houlsby adapters, prefix tuning, IA3 and BitFit, at the
 recipe's learning rate, untuned as in ``banking77_all``, with the baseline recomputed beside them
-(the same deterministic fit as in transfer_core). It writes results/transfer_few_labels/.
+(the same deterministic fit as in transfer_core). It writes results/transfer_few_labels/
+(45 runs, about 2 h 15 min two at a time on 2 cores). Result: Banking77 10 per intent, all four
+within 0.002 below the baseline (0.843); SST-2, the probed head kept in 19 of 24 runs (the
+``refit.selected_epochs`` column: 4 or 20 validation sentences cannot tell training from step 0).
 
 Result and cost: see results/transfer*/summary.md and the README's Results section.
 ``smoke`` runs the whole grid at a few steps on a few examples (wiring only).
@@ -105,7 +108,7 @@ def get_config(arg=None):
         skip={"method": FIXED_RECIPES + (UNTUNED if b77_all or few else [])},
     )
     c.group_by = ["per_class", "method"]
-    c.metrics = ["accuracy", "macro_f1", "val.accuracy"]
+    c.metrics = ["accuracy", "macro_f1", "val.accuracy", "refit.selected_epochs"]
     c.baseline = {"method": "logistic_regression"}  # summary.md: accuracy minus the baseline's
     c.plot = {
         "x": "per_class",
