@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.methods
 	$(PY) -m benchmarks.vs_pytorch
 	$(PY) -m benchmarks.scale_plan
+	$(PY) -m benchmarks.time_to_accuracy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
