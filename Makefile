@@ -29,7 +29,7 @@ test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # The inner loop: everything not marked slow (end-to-end runs, subprocesses, multi-step
-# training), 3-5 minutes on 2 cores (3m12s, 475 tests, on AMD EPYC, 2026-12-03).
+# training), 3-5 minutes on 2 cores (4m31s with lint, 503 tests, on AMD EPYC, 2026-12-04).
 test-fast: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
