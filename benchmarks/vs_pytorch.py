@@ -33,7 +33,9 @@ from other jobs on the machine.
 
 adapt runs with the XLA flags of :mod:`adapt.xla_defaults` (YNNPACK fusions off), as its
 experiments do; ``ADAPT_XLA_DEFAULTS=0`` measures XLA's own defaults instead. The flags in force
-are recorded in the JSON (``machine.xla_flags``).
+are recorded in the JSON (``machine.xla_flags``). ``--profile N`` also profiles N more steps of
+each (framework, mode) and records milliseconds per step by op and by kind of op
+(:mod:`benchmarks.op_profile`): where the time goes, not guesses.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from adapt import xla_defaults
+from benchmarks.op_profile import jax_op_times, torch_op_times
 
 MODES = ("forward", "full", "lora")
 BATCH, LENGTH, LABELS = 32, 128, 2
@@ -126,7 +129,9 @@ def _best_time(fn: Callable[[], None], reps: int) -> float:
 
 
 # ------------------------------------------------------------------------------------ adapt
-def adapt_worker(mode: str, warmup: int, steps: int, dropout: bool = True) -> dict[str, Any]:
+def adapt_worker(
+    mode: str, warmup: int, steps: int, dropout: bool = True, profile: int = 0
+) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
@@ -146,6 +151,7 @@ def adapt_worker(mode: str, warmup: int, steps: int, dropout: bool = True) -> di
         weights.resolve("all-MiniLM-L6-v2"),
         architecture="BertForSequenceClassification",
         num_labels=LABELS,
+        pooling="pooler",  # HF's head; adapt's default here is the checkpoint's mean pooling
     )
     kernel, bias = head_weights(config.hidden_size)
     flat = paths.flatten(params)
@@ -160,7 +166,9 @@ def adapt_worker(mode: str, warmup: int, steps: int, dropout: bool = True) -> di
         compiled = fn.lower(params, batch).compile()
         out["compile_s"] = time.perf_counter() - t0
         out["logits"] = np.asarray(compiled(params, batch)).tolist()
-        timing = time_calls(lambda: compiled(params, batch).block_until_ready(), warmup, steps)
+        forward = lambda: compiled(params, batch).block_until_ready()
+        timing = time_calls(forward, warmup, steps)
+        out["profile"] = jax_op_times(forward, profile) if profile else None
     else:
         methods: list = []
         rules = [(".*", "all")]
@@ -198,7 +206,7 @@ def adapt_worker(mode: str, warmup: int, steps: int, dropout: bool = True) -> di
         compiled = step.lower(state["trainable"], frozen, state["opt"], batch, key).compile()
         out["compile_s"] = time.perf_counter() - t0
         out["trainable_params"] = partition.count(trainable)
-        keys = iter(list(jax.random.split(key, warmup + steps + 1)))  # made before timing
+        keys = iter(list(jax.random.split(key, warmup + steps + profile + 1)))  # before timing
 
         def call() -> None:
             state["trainable"], state["opt"], loss, _ = compiled(
@@ -208,6 +216,7 @@ def adapt_worker(mode: str, warmup: int, steps: int, dropout: bool = True) -> di
 
         timing = time_calls(call, warmup, steps)
         out["loss"] = state["loss"]
+        out["profile"] = jax_op_times(call, profile) if profile else None
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     out["flops"] = float(cost["flops"])
@@ -215,7 +224,9 @@ def adapt_worker(mode: str, warmup: int, steps: int, dropout: bool = True) -> di
 
 
 # ------------------------------------------------------------------------------------ torch
-def torch_worker(mode: str, warmup: int, steps: int, dropout: bool = True) -> dict[str, Any]:
+def torch_worker(
+    mode: str, warmup: int, steps: int, dropout: bool = True, profile: int = 0
+) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(num_threads())
@@ -254,7 +265,8 @@ def torch_worker(mode: str, warmup: int, steps: int, dropout: bool = True) -> di
                 return model(input_ids=batch["ids"], attention_mask=batch["mask"]).logits
 
         out["logits"] = forward().numpy().tolist()
-        return {**out, **time_calls(forward, warmup, steps)}
+        timing = time_calls(forward, warmup, steps)
+        return {**out, **timing, "profile": torch_op_times(forward, profile) if profile else None}
 
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
@@ -287,7 +299,13 @@ def torch_worker(mode: str, warmup: int, steps: int, dropout: bool = True) -> di
         losses.append(loss.item())
 
     timing = time_calls(call, warmup, steps)
-    return {**out, **timing, "loss": losses[-1]}
+    loss = losses[-1]
+    return {
+        **out,
+        **timing,
+        "loss": loss,
+        "profile": torch_op_times(call, profile) if profile else None,
+    }
 
 
 # ----------------------------------------------------------------------------------- parent
@@ -297,6 +315,7 @@ def run_worker(framework: str, mode: str, args: argparse.Namespace) -> dict[str,
         cmd = [sys.executable, "-m", "benchmarks.vs_pytorch", "--worker", f"{framework}:{mode}"]
         cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--result", f.name]
         cmd += ["--no-dropout"] if args.no_dropout else []
+        cmd += ["--profile", str(args.profile)]
         subprocess.run(cmd, check=True)
         result = json.loads(Path(f.name).read_text())
     if "peak_flops" in result:
@@ -430,6 +449,10 @@ def main() -> None:
     parser.add_argument(
         "--no-dropout", action="store_true", help="train steps in eval mode (dropout off) in both"
     )
+    parser.add_argument(
+        "--profile", type=int, default=0,
+        help="also profile N steps per (framework, mode): ms per op (benchmarks/op_profile.py)",
+    )  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/vs_pytorch.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:mode, internal
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -443,7 +466,9 @@ def main() -> None:
         if mode == "peak":
             result = work(mode, args.warmup, args.steps)
         else:
-            result = work(mode, args.warmup, args.steps, dropout=not args.no_dropout)
+            result = work(
+                mode, args.warmup, args.steps, dropout=not args.no_dropout, profile=args.profile
+            )
         result["peak_rss_mb"] = peak_rss_mb()
         result["load_1min"] = [load, os.getloadavg()[0]]
         Path(args.result).write_text(json.dumps(result))
@@ -461,6 +486,12 @@ def main() -> None:
     info["load_before"] = load_before
     info["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows = report(results, peaks, info)
+    for row in rows:  # different models would make every ratio meaningless
+        if row.get("max_abs_logit_diff", 0.0) > 1e-4:
+            sys.exit(
+                f"error: adapt's and torch's forward logits differ by {row['max_abs_logit_diff']:.1e}"
+                " (> 1e-4): the two frameworks are not running the same model; nothing written"
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -478,6 +509,12 @@ def main() -> None:
         + "; forward in eval mode",
         "rows": rows,
     }
+    if args.profile:
+        payload["profile"] = {m: {fw: by[fw]["profile"] for fw in by} for m, by in results.items()}
+        for m, by in payload["profile"].items():
+            for fw, prof in by.items():
+                kinds = ", ".join(f"{k['op']} {k['ms_per_step']:.0f}" for k in prof["by_kind"][:8])
+                print(f"{m:<8} {fw:<5} ms/step by kind of op: {kinds}")
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")
 
