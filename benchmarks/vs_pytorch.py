@@ -513,8 +513,8 @@ def main() -> None:
         payload["profile"] = {m: {fw: by[fw]["profile"] for fw in by} for m, by in results.items()}
         for m, by in payload["profile"].items():
             for fw, prof in by.items():
-                kinds = ", ".join(f"{k['op']} {k['ms_per_step']:.0f}" for k in prof["by_kind"][:8])
-                print(f"{m:<8} {fw:<5} ms/step by kind of op: {kinds}")
+                kinds = ", ".join(f"{k['op']} {k['share']:.0%}" for k in prof["by_kind"][:8])
+                print(f"{m:<8} {fw:<5} share of the step's op time by kind: {kinds}")
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")
 

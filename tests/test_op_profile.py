@@ -5,7 +5,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks.op_profile import jax_op_times, torch_op_times
+from benchmarks.op_profile import UNATTRIBUTED, jax_op_times, torch_op_times, xla_thread_times
+
+START, STOP = "ThreadpoolListener::StartRegion", "ThreadpoolListener::StopRegion"
 
 
 def _names(table, key):
@@ -22,6 +24,47 @@ def test_xla_thunks_of_a_jitted_step_are_named_per_op_and_per_kind():
     assert any("dot" in k for k in kinds), kinds  # the matmul thunk, whatever XLA numbers it
     assert not any(k.startswith(("ThreadpoolListener", "ThunkExecutor", "end: ")) for k in kinds)
     assert not any("PjitFunction" in k for k in kinds)  # the Python dispatch line is left out
+
+
+def test_pool_time_goes_to_the_dot_in_flight_and_waits_count_for_nothing():
+    # The launching thread hands dot.1 to the pool and blocks; two pool threads work on it until
+    # its end marker (t=56), one also runs fusion.3. Times in ns.
+    client = [("dot.1", 0, 10), ("ThunkExecutor::Execute (wait for completion)", 10, 90),
+              (START, 0, 0), (STOP, 100, 0)]  # fmt: skip
+    pool_a = [(START, 5, 0), (STOP, 55, 0), ("end: dot.1", 56, 0),
+              (START, 58, 0), ("fusion.3", 60, 10), (STOP, 72, 0)]  # fmt: skip
+    pool_b = [(START, 20, 0), (STOP, 80, 0)]
+    times = xla_thread_times([("client", client), ("a", pool_a), ("b", pool_b)])
+    assert times["dot.1"] == 10 + 50 + 36  # its launch, a's [5, 55), b's [20, 56)
+    assert times["fusion.3"] == 10
+    assert times[UNATTRIBUTED] == 24 + 4  # b's [56, 80), a's [58, 72) around fusion.3
+    assert "ThunkExecutor::Execute (wait for completion)" not in times
+
+
+def test_pool_time_is_shared_by_concurrent_dots_and_a_lost_end_marker_lasts_to_the_next_launch():
+    client = [("dot.1", 0, 2), ("dot.2", 10, 2), ("dot.3", 40, 2), ("end: dot.1", 30, 0),
+              ("end: dot.3", 60, 0)]  # fmt: skip  # dot.2's marker is missing
+    pool = [(START, 0, 0), (STOP, 60, 0)]
+    times = xla_thread_times([("client", client), ("pool", pool)])
+    # pool [0, 60) minus nothing on its own line: [0,10) dot.1; [10,30) dot.1 and dot.2 half
+    # each; [30,40) dot.2; [40,60) dot.3
+    assert times["dot.1"] == 2 + 10 + 10
+    assert times["dot.2"] == 2 + 10 + 10
+    assert times["dot.3"] == 2 + 20
+    assert times[UNATTRIBUTED] == 0
+
+
+def test_a_large_dot_is_credited_with_the_pool_time_it_takes():
+    # the matmul's thunk event is only its hand-off to XLA's pool: without the pool's busy
+    # time the dot showed a few per cent of this step; with it, most of it
+    step = jax.jit(lambda a: jnp.tanh(a @ a).sum())
+    a = jnp.ones((1024, 1024))
+    step(a).block_until_ready()
+    table = jax_op_times(lambda: step(a).block_until_ready(), steps=3)
+    shares = {row["op"]: row["share"] for row in table["by_kind"]}
+    dot = sum(share for kind, share in shares.items() if "dot" in kind)
+    assert dot > 0.7, table["by_kind"]
+    assert table["wall_ms_per_step"] > 0
 
 
 def test_torch_ops_are_named_with_their_self_time():
