@@ -314,11 +314,12 @@ def report(results: dict, args) -> list[dict]:
     print(f"\nall-MiniLM-L6-v2 on Banking77, batch {BATCH}, up to {args.max_epochs} epochs")
     print(f"{'mode':<5} {'target':>6} {'adapt steps':>11} {'adapt s':>8} {'torch steps':>11} "
           f"{'torch s':>8} {'torch/adapt':>11}")  # fmt: skip
-    show = lambda v, f: "-" if v is None else format(v, f)
+    show = lambda v, f: "-" if v is None else format(v, f)  # "-": the target was not reached
     for r in rows:
+        ratio = r["torch_over_adapt"]
         print(f"{r['mode']:<5} {r['target']:>6.3f} {show(r['adapt_steps'], 'd'):>11} "
               f"{show(r['adapt_s'], '.1f'):>8} {show(r['torch_steps'], 'd'):>11} "
-              f"{show(r['torch_s'], '.1f'):>8} {show(r['torch_over_adapt'], '.2f'):>10}x")  # fmt: skip
+              f"{show(r['torch_s'], '.1f'):>8} {show(ratio, '.2f') + ('x' if ratio else ''):>11}")  # fmt: skip
     for mode, by in results.items():
         for framework in ("adapt", "torch"):
             r = by[framework]

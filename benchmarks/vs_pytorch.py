@@ -49,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,75 +56,21 @@ import numpy as np
 
 from adapt import xla_defaults
 from benchmarks.op_profile import jax_op_times, torch_op_times
-
-MODES = ("forward", "full", "lora")
-BATCH, LENGTH, LABELS = 32, 128, 2
-LR, WEIGHT_DECAY = 1e-4, 0.01
-PEAK_N = 2048
-
-
-# ----------------------------------------------------------------------------------- shared
-def make_batch() -> dict[str, np.ndarray]:
-    """The fixed batch both frameworks see: random token ids, every position real."""
-    rng = np.random.default_rng(0)
-    return {
-        "ids": rng.integers(1000, 30000, size=(BATCH, LENGTH)).astype(np.int32),
-        "mask": np.ones((BATCH, LENGTH), np.int32),
-        "labels": rng.integers(0, LABELS, size=BATCH).astype(np.int32),
-    }
-
-
-def head_weights(hidden: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed classifier weights (in, out) and bias, so both frameworks compute the same logits."""
-    rng = np.random.default_rng(1)
-    return (0.02 * rng.standard_normal((hidden, LABELS))).astype(np.float32), np.zeros(
-        LABELS, np.float32
-    )
-
-
-def num_threads() -> int:
-    """The cores this process may use: what XLA's CPU thread pool sizes itself to."""
-    return len(os.sched_getaffinity(0))
-
-
-def peak_rss_mb() -> float:
-    """VmHWM: the peak resident set of this process, in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def time_calls(call: Callable[[], None], warmup: int, steps: int) -> dict[str, Any]:
-    """First call, ``warmup`` more, then ``steps`` timed calls (each ends synchronised)."""
-    t0 = time.perf_counter()
-    call()
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
-        call()
-    times, cpu = [], []
-    for _ in range(steps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        call()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return {
-        "first_s": first,
-        "times_s": times,
-        "median_s": statistics.median(times),
-        "median_cpu_s": statistics.median(cpu),  # all threads; less sensitive to other load
-    }
-
-
-def _best_time(fn: Callable[[], None], reps: int) -> float:
-    """Fastest of ``reps`` calls after one warm-up: a peak is what the machine *can* do."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from benchmarks.step_timing import (
+    BATCH,
+    LABELS,
+    LENGTH,
+    LR,
+    MODES,
+    PEAK_N,
+    WEIGHT_DECAY,
+    best_time,
+    head_weights,
+    make_batch,
+    num_threads,
+    peak_rss_mb,
+    time_calls,
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ adapt
@@ -138,7 +83,7 @@ def adapt_worker(
     if mode == "peak":
         a = jax.random.normal(jax.random.key(0), (PEAK_N, PEAK_N), jnp.float32)
         mm = jax.jit(lambda x, y: x @ y)
-        sec = _best_time(lambda: mm(a, a).block_until_ready(), 20)
+        sec = best_time(lambda: mm(a, a).block_until_ready(), 20)
         return {"peak_flops": 2 * PEAK_N**3 / sec}
 
     from adapt import optim, partition, paths, weights
@@ -233,7 +178,7 @@ def torch_worker(
     if mode == "peak":
         torch.manual_seed(0)
         a = torch.randn(PEAK_N, PEAK_N)
-        sec = _best_time(lambda: a @ a, 20)
+        sec = best_time(lambda: a @ a, 20)
         return {"peak_flops": 2 * PEAK_N**3 / sec, "torch_threads": torch.get_num_threads()}
 
     import transformers
