@@ -4,14 +4,16 @@
 
 Prints trainable parameters, optimizer-state bytes, compile time and the median step time of
 each method, measured in one process one after another (machines are noisy: compare ratios from
-one run), and writes benchmarks/results/methods.json. Targets: the LoRA step at least 1.3x faster
-than full fine-tuning, its optimizer state at most 2% of full fine-tuning's.
+one run), and writes benchmarks/results/methods.json (with the CPU and XLA_FLAGS it ran under).
+Targets: the LoRA step at least 1.4x faster than full fine-tuning (issue 20's gate; it has 0.68x
+the FLOPs), its optimizer state at most 2% of full fine-tuning's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ from adapt.convert.hf import load_pretrained
 from adapt.methods import base, build, recipes
 from adapt.step import jit_train_step
 from adapt.tasks.classification import cross_entropy
+from benchmarks.step_timing import cpu_name, num_threads
 
 HEAD = r"classifier/.*"
 CHOICES = ("full", "linear_probe", "bitfit", "lora", "dora", "ia3", "houlsby", "prefix", "prompt")
@@ -117,12 +120,15 @@ def main() -> None:
         speedup = full["median_step_s"] / lora["median_step_s"]
         state = lora["opt_state_bytes"] / full["opt_state_bytes"]
         print(
-            f"\nLoRA vs full: step {speedup:.2f}x faster (target >= 1.3x), "
+            f"\nLoRA vs full: step {speedup:.2f}x faster (target >= 1.4x), "
             f"optimizer state {100 * state:.2f}% of full (target <= 2%)"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": jax.default_backend(), "rows": rows}, indent=2))
+    machine = {"cpu": cpu_name(), "cores_used": num_threads(), "jax": jax.__version__,
+               "xla_flags": os.environ.get("XLA_FLAGS", "")}  # fmt: skip
+    payload = {"device": jax.default_backend(), "machine": machine, "rows": rows}
+    out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")
 
 

@@ -79,3 +79,14 @@ def best_time(fn: Callable[[], None], reps: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" elsewhere): results name their machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

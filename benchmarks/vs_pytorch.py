@@ -65,6 +65,7 @@ from benchmarks.step_timing import (
     PEAK_N,
     WEIGHT_DECAY,
     best_time,
+    cpu_name,
     head_weights,
     make_batch,
     num_threads,
@@ -289,18 +290,13 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
     import jax
     import peft
     import torch
     import transformers
 
     return {
-        "cpu": model,
+        "cpu": cpu_name(),
         "machine": platform.machine(),
         "cores_used": num_threads(),
         "jax": jax.__version__,
