@@ -22,6 +22,7 @@ calling thread's and sum to about the step. Pool time that starts before any dot
 from __future__ import annotations
 
 import bisect
+import math
 import re
 import tempfile
 import time
@@ -43,7 +44,9 @@ def _kind(name: str) -> str:
     return re.sub(r"[.\d]+$", "", name)
 
 
-def _table(ns_by_op: Counter, steps: int, top: int, wall_s: float | None = None) -> dict:
+def _table(
+    ns_by_op: Counter, steps: int, top: int, wall_s: float | None = None, ops: dict | None = None
+) -> dict:
     kinds: Counter = Counter()
     for name, ns in ns_by_op.items():
         kinds[_kind(name)] += ns
@@ -56,7 +59,7 @@ def _table(ns_by_op: Counter, steps: int, top: int, wall_s: float | None = None)
         "steps": steps,
         "total_ms_per_step": total / steps / 1e6,
         "by_kind": per_step(kinds, top),
-        "by_op": per_step(ns_by_op, top),
+        "by_op": [{**row, **(ops or {}).get(row["op"], {})} for row in per_step(ns_by_op, top)],
     }
     if wall_s is not None:
         table["wall_ms_per_step"] = wall_s / steps * 1e3
@@ -159,8 +162,45 @@ def _credit(lo: int, hi: int, bounds: list[int], active: list[list[str]], out: C
         cursor, i = stop, i + 1
 
 
-def jax_op_times(call: Callable[[], None], steps: int, top: int = 25) -> dict[str, Any]:
-    """Per-op thread times of XLA:CPU from a ``jax.profiler`` trace of ``steps`` calls."""
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+\[[\d,]*\])\S* ([\w\-]+)\((.*?)\)(.*)$")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_ops(hlo_text: str) -> dict[str, dict[str, Any]]:
+    """What each instruction of a compiled module's text is, by name (the name its thunk's events
+    carry): ``hlo`` (``f32[4096,8] dot(f32[4096,384], f32[384,8])``), ``source`` (the JAX
+    op_name: the model's module path), and for dots ``gflop`` (2 x output size x contracted
+    size)."""
+    shapes: dict[str, str] = {}
+    parsed = []
+    for line in hlo_text.splitlines():
+        match = _INSTRUCTION.match(line)
+        if match:
+            name, shape, opcode, operands, rest = match.groups()
+            shapes[name] = shape
+            parsed.append((name, shape, opcode, operands, rest))
+    dims = lambda shape: [int(d) for d in shape[shape.index("[") + 1 : -1].split(",") if d]
+    ops = {}
+    for name, shape, opcode, operands, rest in parsed:
+        args = [shapes.get(a.strip().lstrip("%"), "?") for a in operands.split(",") if a.strip()]
+        info: dict[str, Any] = {"hlo": f"{shape} {opcode}({', '.join(args)})"}
+        source = _OP_NAME.search(rest)
+        if source:
+            info["source"] = source.group(1)
+        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+        if opcode == "dot" and contracting and args and args[0] != "?":
+            lhs = dims(args[0])
+            k = math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i)
+            info["gflop"] = 2 * math.prod(dims(shape)) * k / 1e9
+        ops[name] = info
+    return ops
+
+
+def jax_op_times(
+    call: Callable[[], None], steps: int, top: int = 25, hlo_text: str = ""
+) -> dict[str, Any]:
+    """Per-op thread times of XLA:CPU from a ``jax.profiler`` trace of ``steps`` calls; with the
+    compiled step's ``hlo_text`` (``compiled.as_text()``) each op says what it is (:func:`hlo_ops`)."""
     import jax
     from jax.profiler import ProfileData
 
@@ -181,7 +221,7 @@ def jax_op_times(call: Callable[[], None], steps: int, top: int = 25) -> dict[st
         for line in plane.lines
         if line.name != "python"  # dispatch and Python, not the compiled step's ops
     ]
-    return _table(xla_thread_times(lines), steps, top, wall_s)
+    return _table(xla_thread_times(lines), steps, top, wall_s, hlo_ops(hlo_text))
 
 
 def torch_op_times(call: Callable[[], None], steps: int, top: int = 25) -> dict[str, Any]:

@@ -114,7 +114,9 @@ def adapt_worker(
         out["logits"] = np.asarray(compiled(params, batch)).tolist()
         forward = lambda: compiled(params, batch).block_until_ready()
         timing = time_calls(forward, warmup, steps)
-        out["profile"] = jax_op_times(forward, profile) if profile else None
+        out["profile"] = (
+            jax_op_times(forward, profile, hlo_text=compiled.as_text()) if profile else None
+        )
     else:
         methods: list = []
         rules = [(".*", "all")]
@@ -162,7 +164,9 @@ def adapt_worker(
 
         timing = time_calls(call, warmup, steps)
         out["loss"] = state["loss"]
-        out["profile"] = jax_op_times(call, profile) if profile else None
+        out["profile"] = (
+            jax_op_times(call, profile, hlo_text=compiled.as_text()) if profile else None
+        )
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     out["flops"] = float(cost["flops"])

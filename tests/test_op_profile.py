@@ -5,7 +5,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks.op_profile import UNATTRIBUTED, jax_op_times, torch_op_times, xla_thread_times
+from benchmarks.op_profile import (
+    UNATTRIBUTED,
+    hlo_ops,
+    jax_op_times,
+    torch_op_times,
+    xla_thread_times,
+)
 
 START, STOP = "ThreadpoolListener::StartRegion", "ThreadpoolListener::StopRegion"
 
@@ -65,6 +71,22 @@ def test_a_large_dot_is_credited_with_the_pool_time_it_takes():
     dot = sum(share for kind, share in shares.items() if "dot" in kind)
     assert dot > 0.7, table["by_kind"]
     assert table["wall_ms_per_step"] > 0
+
+
+def test_each_xla_op_says_what_it_computes_and_its_flops():
+    step = jax.jit(lambda x, w: jnp.tanh(x @ w))
+    x, w = jnp.ones((64, 48)), jnp.ones((48, 40))
+    compiled = step.lower(x, w).compile()
+    dots = [(name, op) for name, op in hlo_ops(compiled.as_text()).items() if "gflop" in op]
+    assert len(dots) == 1, dots
+    name, op = dots[0]
+    assert op["hlo"] == "f32[64,40] dot(f32[64,48], f32[48,40])", op
+    assert op["gflop"] == 2 * 64 * 48 * 40 / 1e9
+    assert "dot_general" in op["source"]  # JAX's op_name: where in the program it came from
+    table = jax_op_times(
+        lambda: compiled(x, w).block_until_ready(), steps=1, hlo_text=compiled.as_text()
+    )
+    assert any(row.get("gflop") == op["gflop"] for row in table["by_op"]), table["by_op"]
 
 
 def test_torch_ops_are_named_with_their_self_time():
