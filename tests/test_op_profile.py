@@ -60,6 +60,15 @@ def test_pool_time_is_shared_by_concurrent_dots_and_a_lost_end_marker_lasts_to_t
     assert times[UNATTRIBUTED] == 0
 
 
+def test_pool_time_of_concurrent_dots_is_shared_by_their_work_when_known():
+    client = [("dot.1", 0, 0), ("dot.2", 0, 0), ("end: dot.1", 40, 0), ("end: dot.2", 40, 0)]
+    pool = [(START, 0, 0), (STOP, 40, 0)]
+    times = xla_thread_times([("client", client), ("pool", pool)], {"dot.1": 3.0, "dot.2": 1.0})
+    assert times["dot.1"] == 30 and times["dot.2"] == 10
+    half = xla_thread_times([("client", client), ("pool", pool)], {"dot.1": 3.0})  # one unknown
+    assert half["dot.1"] == 20 and half["dot.2"] == 20
+
+
 def test_a_large_dot_is_credited_with_the_pool_time_it_takes():
     # the matmul's thunk event is only its hand-off to XLA's pool: without the pool's busy
     # time the dot showed a few per cent of this step; with it, most of it
