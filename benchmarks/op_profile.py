@@ -15,8 +15,14 @@ StartRegion/StopRegion); the busy time not covered by an op event on the same th
 handed-off work, and is credited to the dot or convolution whose thunk started last before it.
 So XLA's numbers are thread time summed over XLA's threads (on 2 cores up to twice the step's
 wall time: ``wall_ms_per_step`` is measured alongside), where torch's self CPU times are the
-calling thread's and sum to about the step. Pool time that starts before any dot is
-``pool (before any dot)``; it stays small when the attribution holds.
+calling thread's and sum to about the step. Pool time with no dot in flight is
+``pool (no dot in flight)``; it stays small when the attribution holds. Concurrent dots share
+the pool's time in proportion to their FLOPs (from the compiled module's text, which also names
+each op: :func:`hlo_ops`). What stays approximate: a loop fusion split across the pool shows one
+event, and its other part's time goes to the dots in flight. Measured so (AMD EPYC, MiniLM,
+batch 32 x 128): in eval mode the forward pass's matmuls reach 97-102 GFLOP/s of thread time x 2;
+in a training step the same forward matmuls show 72-75, while the dropout masks are drawn beside
+them.
 """
 
 from __future__ import annotations
@@ -203,6 +209,9 @@ def hlo_ops(hlo_text: str) -> dict[str, dict[str, Any]]:
             lhs = dims(args[0])
             k = math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i)
             info["gflop"] = 2 * math.prod(dims(shape)) * k / 1e9
+            # which axes contract tells a transposed operand (the layout GEMMs care about)
+            rhs = re.search(r"rhs_contracting_dims=\{([\d,]*)\}", rest)
+            info["hlo"] += f" contracting {contracting.group(1)}|{rhs.group(1) if rhs else '?'}"
         ops[name] = info
     return ops
 
