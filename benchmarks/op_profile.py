@@ -67,6 +67,26 @@ def _table(
         "by_kind": per_step(kinds, top),
         "by_op": [{**row, **(ops or {}).get(row["op"], {})} for row in per_step(ns_by_op, top)],
     }
+    if ops:  # the matmuls grouped by what they compute: which shape and layout is slow
+        by_shape: dict[str, dict[str, Any]] = {}
+        for name, ns in ns_by_op.items():
+            op = ops.get(name, {})
+            if "gflop" in op:
+                row = by_shape.setdefault(op["hlo"], {"dot": op["hlo"], "count": 0, "ns": 0.0})
+                row["count"] += 1
+                row["ns"] += ns
+                row["gflop"] = row.get("gflop", 0.0) + op["gflop"]
+        table["dots_by_shape"] = [
+            {
+                "dot": row["dot"],
+                "count": row["count"],
+                "ms_per_step": row["ns"] / steps / 1e6,
+                "share": row["ns"] / total,
+                # per second of thread time: x the threads busy for the machine's rate
+                "gflop_per_thread_s": row["gflop"] * steps / (row["ns"] / 1e9) if row["ns"] else 0,
+            }
+            for row in sorted(by_shape.values(), key=lambda r: -r["ns"])[:top]
+        ]
     if wall_s is not None:
         table["wall_ms_per_step"] = wall_s / steps * 1e3
     return table

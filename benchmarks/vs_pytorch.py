@@ -460,6 +460,9 @@ def main() -> None:
             for fw, prof in by.items():
                 kinds = ", ".join(f"{k['op']} {k['share']:.0%}" for k in prof["by_kind"][:8])
                 print(f"{m:<8} {fw:<5} share of the step's op time by kind: {kinds}")
+                for d in prof.get("dots_by_shape", [])[:6]:
+                    print(f"{'':<14} {d['share']:>4.0%} {d['count']:>3} x {d['dot']}: "
+                          f"{d['gflop_per_thread_s']:.0f} GFLOP/s per thread")  # fmt: skip
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")
 

@@ -96,6 +96,8 @@ def test_each_xla_op_says_what_it_computes_and_its_flops():
         lambda: compiled(x, w).block_until_ready(), steps=1, hlo_text=compiled.as_text()
     )
     assert any(row.get("gflop") == op["gflop"] for row in table["by_op"]), table["by_op"]
+    (shape,) = table["dots_by_shape"]
+    assert shape["dot"] == op["hlo"] and shape["count"] == 1 and shape["gflop_per_thread_s"] > 0
 
 
 def test_torch_ops_are_named_with_their_self_time():
