@@ -13,8 +13,15 @@ recipe's learning rates. Reported: SST-2 dev accuracy after the second task with
 (``source_eval.accuracy``), Banking77 test accuracy, and the curve of SST-2 accuracy during the
 second task (source_curve.csv / source_curve.png). Writes results/forgetting/.
 
-Result and cost: not yet measured with this recipe; results/forgetting/ holds the previous
-recipe's (b180e97: pooler head, fixed steps, untuned learning rates), quoted as such in the README.
+Result (2026-12-04, AMD EPYC, 2 cores, 73 minutes two at a time, with other jobs on the machine;
+results/forgetting/): the SST-2 model has 0.837 dev accuracy. After the Banking77 task, SST-2 dev
+accuracy (mean of 2 seeds) is 0.833 for full fine-tuning and L2-SP, 0.835 for LoRA and 0.837 for
+EWC at each strength; Banking77 test accuracy is 0.839 (full), 0.840 (L2-SP), 0.845 (LoRA), 0.846 /
+0.841 / 0.840 (EWC 1e4 / 1e6 / 1e8), against 0.841 for the logistic regression on the frozen SST-2
+encoder. The recipe's validation selection keeps 0-5 epochs of the 616 training examples, and in
+5 of the 12 trained runs the probed head alone (refit.selected_epochs 0 in results.json: the
+encoder is unchanged), so no run loses more than 0.9 points of SST-2 accuracy: at this budget
+the regularisers have little to prevent.
 ``smoke=True`` runs everything at a few steps (wiring only).
 """
 
