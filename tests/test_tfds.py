@@ -131,6 +131,11 @@ def test_tfds_errors_name_the_feature_or_the_preparation(data_dir, tmp_path):
         D.load_image_classification("tfds:adapt_test_texts", split="train", data_dir=data_dir)
     with pytest.raises(D.DataError, match="'adapt_test_texts' split 'validation' is not prepared"):
         D.read_text_classification("tfds:adapt_test_texts", split="validation", data_dir=data_dir)
+    # a prepared split whose slice holds nothing is not "not prepared": say what the splits hold
+    with pytest.raises(D.DataError, match=r"'train\[40:\]' selects no records .*train \(40 rec"):
+        D.read_text_classification("tfds:adapt_test_texts", split="train[40:]", data_dir=data_dir)
+    with pytest.raises(D.DataError, match=r"'train\[1000:\]': .*incompatible with 40 .*test \(12"):
+        D.read_text_classification("tfds:adapt_test_texts", split="train[1000:]", data_dir=data_dir)
     with pytest.raises(D.DataError, match=r"not prepared .*tfds build mnist"):
         D.load_image_classification("tfds:mnist", split="test", data_dir=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing was downloaded or generated

@@ -43,14 +43,19 @@ def open_prepared(
     feature, and which features are text."""
     tfds = _tfds()
     where = f"under data_dir={data_dir}" if data_dir else "in TFDS's default data_dir"
+    builder = None
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # noqa: BLE001 - tfds raises many kinds; all mean "not prepared here"
+    except Exception as e:  # noqa: BLE001 - tfds raises many kinds
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        slice_error = _slice_error(builder, name, split)
+        if slice_error:  # prepared, but the split's slice selects nothing or is out of range
+            raise DataError(slice_error) from e
         raise DataError(
-            f"TFDS data set {name!r} split {split!r} is not prepared {where} "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); prepare it where "
-            f"you have network (tfds build {name} --file_format=array_record) and copy it there"
+            f"TFDS data set {name!r} split {split!r} is not prepared {where} ({reason}); prepare "
+            f"it where you have network (tfds build {name} --file_format=array_record) and copy "
+            "it there"
         ) from e
     features = builder.info.features
     names = {
@@ -60,6 +65,33 @@ def open_prepared(
     }
     text = {key for key, feature in features.items() if isinstance(feature, tfds.features.Text)}
     return source, names, text
+
+
+def _slice_error(builder: Any, name: str, split: str) -> str | None:
+    """The error for a prepared split whose slice (``"train[40:]"``) selects no records or lies
+    outside it, or None when the split itself is what is missing. Looks only at the prepared
+    files (a builder with no prepared version is left to the "not prepared" error)."""
+    try:
+        if builder is None or not builder.data_path.exists():
+            return None
+        prepared = dict(builder.info.splits)
+    except Exception:  # noqa: BLE001 - anything here means: not a prepared data set
+        return None
+    if split.split("[")[0] not in prepared:
+        return None
+    sizes = ", ".join(f"{key} ({info.num_examples} records)" for key, info in prepared.items())
+    try:
+        count = builder.info.splits[split].num_examples
+    except Exception as e:  # noqa: BLE001 - TFDS says what is wrong with the slice
+        return (
+            f"TFDS data set {name!r} split {split!r}: {str(e).splitlines()[0]}; prepared: {sizes}"
+        )
+    if count == 0:
+        return (
+            f"TFDS data set {name!r} split {split!r} selects no records (prepared: {sizes}); "
+            "choose a slice that holds some"
+        )
+    return None
 
 
 def read_prepared(
