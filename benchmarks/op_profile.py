@@ -11,8 +11,9 @@ XLA:CPU needs more than its thunks' events (measured, AMD EPYC, jaxlib 0.10.2): 
 thunk only hands the contraction to the Eigen pool and returns, so its event covers the
 hand-off, and the thunk events alone sum to about a third of the step (251 of 664 ms for the
 MiniLM forward pass). The pool's threads mark their busy spans (``ThreadpoolListener``'s
-StartRegion/StopRegion); the busy time not covered by an op event on the same thread is the
-handed-off work, and is credited to the dot or convolution whose thunk started last before it.
+StartRegion/StopRegion); the busy time not covered by an op event (or by the executor's wait)
+on the same thread is the handed-off work, and is credited to the dots and convolutions in
+flight: launched, and not yet marked ``end: <op>``.
 So XLA's numbers are thread time summed over XLA's threads (on 2 cores up to twice the step's
 wall time: ``wall_ms_per_step`` is measured alongside), where torch's self CPU times are the
 calling thread's and sum to about the step. Pool time with no dot in flight is
