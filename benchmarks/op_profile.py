@@ -20,10 +20,7 @@ calling thread's and sum to about the step. Pool time with no dot in flight is
 ``pool (no dot in flight)``; it stays small when the attribution holds. Concurrent dots share
 the pool's time in proportion to their FLOPs (from the compiled module's text, which also names
 each op: :func:`hlo_ops`). What stays approximate: a loop fusion split across the pool shows one
-event, and its other part's time goes to the dots in flight. Measured so (AMD EPYC, MiniLM,
-batch 32 x 128): in eval mode the forward pass's matmuls reach 97-102 GFLOP/s of thread time x 2;
-in a training step the same forward matmuls show 72-75, while the dropout masks are drawn beside
-them.
+event, and its other part's time goes to the dots in flight.
 """
 
 from __future__ import annotations
