@@ -197,13 +197,17 @@ def _credit(
         cursor, i = stop, i + 1
 
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+\[[\d,]*\])\S* ([\w\-]+)\((.*?)\)(.*)$")
+# name, shape with its layout (minor-to-major: "{1,0}" is row-major), opcode, operands, the rest
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+\[[\d,]*\](?:\{[\d,]*\})?)\S* ([\w\-]+)\((.*?)\)(.*)$"
+)
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
 def hlo_ops(hlo_text: str) -> dict[str, dict[str, Any]]:
     """What each instruction of a compiled module's text is, by name (the name its thunk's events
-    carry): ``hlo`` (``f32[4096,8] dot(f32[4096,384], f32[384,8])``), ``source`` (the JAX
+    carry): ``hlo`` (``f32[4096,8]{1,0} dot(f32[4096,384]{1,0}, f32[384,8]{1,0})``: shapes with
+    their layouts, which decide how fast a GEMM runs), ``source`` (the JAX
     op_name: the model's module path), and for dots ``gflop`` (2 x output size x contracted
     size)."""
     shapes: dict[str, str] = {}
@@ -214,7 +218,9 @@ def hlo_ops(hlo_text: str) -> dict[str, dict[str, Any]]:
             name, shape, opcode, operands, rest = match.groups()
             shapes[name] = shape
             parsed.append((name, shape, opcode, operands, rest))
-    dims = lambda shape: [int(d) for d in shape[shape.index("[") + 1 : -1].split(",") if d]
+    dims = lambda shape: [
+        int(d) for d in shape[shape.index("[") + 1 : shape.index("]")].split(",") if d
+    ]
     ops = {}
     for name, shape, opcode, operands, rest in parsed:
         args = [shapes.get(a.strip().lstrip("%"), "?") for a in operands.split(",") if a.strip()]

@@ -89,7 +89,7 @@ def test_each_xla_op_says_what_it_computes_and_its_flops():
     dots = [(name, op) for name, op in hlo_ops(compiled.as_text()).items() if "gflop" in op]
     assert len(dots) == 1, dots
     name, op = dots[0]
-    assert op["hlo"] == "f32[64,40] dot(f32[64,48], f32[48,40]) contracting 1|0", op
+    assert op["hlo"] == "f32[64,40]{1,0} dot(f32[64,48]{1,0}, f32[48,40]{1,0}) contracting 1|0", op
     assert op["gflop"] == 2 * 64 * 48 * 40 / 1e9
     assert "dot_general" in op["source"]  # JAX's op_name: where in the program it came from
     table = jax_op_times(
