@@ -1,10 +1,11 @@
 """Per-method cost on all-MiniLM-L6-v2 sequence classification, batch 32 x 128 tokens, AdamW.
 
-    python -m benchmarks.methods [--steps 5] [--methods lora,full]
+    python -m benchmarks.methods [--steps 10] [--methods lora,full]
 
 Prints trainable parameters, optimizer-state bytes, compile time and the median step time of
-each method, measured in one process one after another (machines are noisy: compare ratios from
-one run), and writes benchmarks/results/methods.json (with the CPU and XLA_FLAGS it ran under).
+each method, measured in one process with the methods' steps interleaved (one step of each in
+turn: a slow spell of a shared machine then slows every method, not the one timed during it, so
+the ratios of one run hold even when absolute times swing), and writes benchmarks/results/methods.json (with the CPU and XLA_FLAGS it ran under).
 Targets: the LoRA step at least 1.4x faster than full fine-tuning (issue 20's gate; it has 0.68x
 the FLOPs), its optimizer state at most 2% of full fine-tuning's.
 """
@@ -46,7 +47,8 @@ def setup(name: str, model, params, ids, mask):
     return [method], partition.merge(params, extra), [(HEAD, "head"), *method.rules(), (".*", None)]
 
 
-def measure(name: str, model, params, batch, steps: int) -> dict:
+def prepare(name: str, model, params, batch) -> dict:
+    """Compile ``name``'s step and run it once; returns its sizes and a ``step()`` to time."""
     methods, full, rules = setup(name, model, params, batch["ids"], batch["mask"])
     labels = partition.label(full, rules)
     trainable, frozen = partition.split(full, labels)
@@ -61,31 +63,53 @@ def measure(name: str, model, params, batch, steps: int) -> dict:
         logits = base.apply(model, p, methods, b["ids"], b["mask"])["logits"]
         return cross_entropy(logits, b["labels"]), {}
 
-    step = jit_train_step(loss_fn, tx)
-    t0 = time.perf_counter()
-    trainable, opt_state, loss, _ = step(trainable, frozen, opt_state, batch, jax.random.key(0))
-    loss.block_until_ready()
-    first = time.perf_counter() - t0
-    times = []
-    for i in range(steps):
+    train_step = jit_train_step(loss_fn, tx)
+    state = {"trainable": trainable, "opt_state": opt_state, "i": 0, "loss": None}
+
+    def step() -> float:
+        """One step, blocked on; returns its wall seconds."""
         t0 = time.perf_counter()
-        trainable, opt_state, loss, _ = step(trainable, frozen, opt_state, batch, jax.random.key(i))
+        state["trainable"], state["opt_state"], loss, _ = train_step(
+            state["trainable"], frozen, state["opt_state"], batch, jax.random.key(state["i"])
+        )
         loss.block_until_ready()
-        times.append(time.perf_counter() - t0)
+        state["i"] += 1
+        state["loss"] = loss
+        return time.perf_counter() - t0
+
+    first = step()  # compiles
     return {
         "method": name,
         "trainable_params": partition.count(trainable),
         "trainable_pct": 100 * partition.count(trainable) / partition.count(full),
         "opt_state_bytes": int(state_bytes),
         "first_step_s": first,
-        "median_step_s": statistics.median(times),
-        "loss": float(loss),
+        "step": step,
+        "state": state,
     }
+
+
+def measure(runs: list[dict], steps: int) -> list[dict]:
+    """Time the prepared methods' steps in turn (one step of each, ``steps`` times), so a slow
+    spell of a shared machine falls on every method alike; rows with the median step time."""
+    times: dict[str, list[float]] = {r["method"]: [] for r in runs}
+    for _ in range(steps):
+        for r in runs:
+            times[r["method"]].append(r["step"]())
+    return [
+        {
+            **{k: v for k, v in r.items() if k not in ("step", "state")},
+            "median_step_s": statistics.median(times[r["method"]]),
+            "step_times_s": times[r["method"]],
+            "loss": float(r["state"]["loss"]),
+        }
+        for r in runs
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--methods", default=",".join(CHOICES))
     parser.add_argument("--out", default="benchmarks/results/methods.json")
     args = parser.parse_args()
@@ -101,7 +125,7 @@ def main() -> None:
         "mask": jnp.ones((32, 128), jnp.int32),
         "labels": jnp.asarray(rng.integers(0, 2, size=32)),
     }
-    rows = [measure(m, model, params, batch, args.steps) for m in args.methods.split(",")]
+    rows = measure([prepare(m, model, params, batch) for m in args.methods.split(",")], args.steps)
     full = next((r for r in rows if r["method"] == "full"), None)
     print(
         f"\nall-MiniLM-L6-v2, batch 32 x 128, AdamW, {jax.device_count()} {jax.default_backend()} device(s)"
