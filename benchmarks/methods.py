@@ -1,6 +1,6 @@
 """Per-method cost on all-MiniLM-L6-v2 sequence classification, batch 32 x 128 tokens, AdamW.
 
-    python -m benchmarks.methods [--steps 10] [--methods lora,full]
+    python -m benchmarks.methods [--steps 10] [--methods lora,full] [--dtype bfloat16]
 
 Prints trainable parameters, optimizer-state bytes, compile time and the median step time of
 each method, measured in one process with the methods' steps interleaved (one step of each in
@@ -111,6 +111,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--methods", default=",".join(CHOICES))
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"),
+        help="compute dtype (weights and optimizer stay float32): bfloat16 where the CPU has "
+        "bf16 matrix units",
+    )  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/methods.json")
     args = parser.parse_args()
     xla_defaults.apply()  # adapt's CPU flags, as the experiments run
@@ -118,6 +123,7 @@ def main() -> None:
         weights.resolve("all-MiniLM-L6-v2"),
         architecture="BertForSequenceClassification",
         num_labels=2,
+        dtype=jnp.dtype(args.dtype),
     )
     rng = np.random.default_rng(0)
     batch = {
@@ -128,7 +134,8 @@ def main() -> None:
     rows = measure([prepare(m, model, params, batch) for m in args.methods.split(",")], args.steps)
     full = next((r for r in rows if r["method"] == "full"), None)
     print(
-        f"\nall-MiniLM-L6-v2, batch 32 x 128, AdamW, {jax.device_count()} {jax.default_backend()} device(s)"
+        f"\nall-MiniLM-L6-v2, batch 32 x 128, AdamW, {args.dtype} compute, "
+        f"{jax.device_count()} {jax.default_backend()} device(s)"
     )
     print(
         f"{'method':<13} {'trainable':>11} {'%':>7} {'opt state':>12} {'compile+1st':>12} {'step (med)':>11} {'vs full':>8}"
@@ -151,7 +158,12 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpu": cpu_name(), "cores_used": num_threads(), "jax": jax.__version__,
                "xla_flags": os.environ.get("XLA_FLAGS", "")}  # fmt: skip
-    payload = {"device": jax.default_backend(), "machine": machine, "rows": rows}
+    payload = {
+        "device": jax.default_backend(),
+        "machine": machine,
+        "dtype": args.dtype,
+        "rows": rows,
+    }
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")
 
