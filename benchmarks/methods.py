@@ -5,7 +5,8 @@
 Prints trainable parameters, optimizer-state bytes, compile time and the median step time of
 each method, measured in one process with the methods' steps interleaved (one step of each in
 turn: a slow spell of a shared machine then slows every method, not the one timed during it, so
-the ratios of one run hold even when absolute times swing), and writes benchmarks/results/methods.json (with the CPU and XLA_FLAGS it ran under).
+the ratios of one run hold even when absolute times swing), and writes
+benchmarks/results/methods.json (with the CPU, XLA_FLAGS and compute dtype it ran under).
 Targets: the LoRA step at least 1.4x faster than full fine-tuning (issue 20's gate; it has 0.68x
 the FLOPs), its optimizer state at most 2% of full fine-tuning's.
 """
