@@ -248,8 +248,12 @@ def jax_op_times(
     import jax
     from jax.profiler import ProfileData
 
+    # no Python tracer: its events ("$threading.py:611 wait" of any other thread in the process,
+    # e.g. a test worker's leftover threads) are not XLA's ops and would be counted as such
+    options = jax.profiler.ProfileOptions()
+    options.python_tracer_level = 0
     with tempfile.TemporaryDirectory() as folder:
-        with jax.profiler.trace(folder):
+        with jax.profiler.trace(folder, profiler_options=options):
             start = time.perf_counter()
             for _ in range(steps):
                 call()
@@ -259,7 +263,14 @@ def jax_op_times(
             raise RuntimeError(f"jax.profiler wrote no .xplane.pb under {folder}")
         data = ProfileData.from_file(str(traces[-1]))
     lines = [
-        (line.name, [(e.name, e.start_ns, e.duration_ns) for e in line.events])
+        (
+            line.name,
+            [
+                (e.name, e.start_ns, e.duration_ns)
+                for e in line.events
+                if not e.name.startswith("$")
+            ],
+        )  # Python functions, should any be traced
         for plane in data.planes
         if plane.name == "/host:CPU"
         for line in plane.lines
