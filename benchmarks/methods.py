@@ -29,7 +29,7 @@ from adapt.convert.hf import load_pretrained
 from adapt.methods import base, build, recipes
 from adapt.step import jit_train_step
 from adapt.tasks.classification import cross_entropy
-from benchmarks.step_timing import cpu_name, num_threads
+from benchmarks.step_timing import cpu_kind, cpu_name, num_threads
 
 HEAD = r"classifier/.*"
 CHOICES = ("full", "linear_probe", "bitfit", "lora", "dora", "ia3", "houlsby", "prefix", "prompt")
@@ -157,8 +157,8 @@ def main() -> None:
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpu": cpu_name(), "cores_used": num_threads(), "jax": jax.__version__,
-               "xla_flags": os.environ.get("XLA_FLAGS", "")}  # fmt: skip
+    machine = {"cpu": cpu_name(), "cpu_kind": cpu_kind(), "cores_used": num_threads(),
+               "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}  # fmt: skip
     payload = {
         "device": jax.default_backend(),
         "machine": machine,

@@ -90,3 +90,33 @@ def cpu_name() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+# The instruction sets that decide which matmul kernels XLA and PyTorch can use: two hosts that
+# /proc/cpuinfo both calls "AMD EPYC" have differed 3.4x in fp32 matmul peak (AVX2 only vs
+# AVX-512 with bf16 units), so results name these as well as the model name.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def cpu_kind(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU's family, model and the matmul-relevant ISA flags it has (from /proc/cpuinfo):
+    ``{"family": "23", "model": "1", "isa": ["avx2", "fma"]}``; empty fields elsewhere."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("cpu family", "model", "flags") and key not in fields:
+            fields[key] = value.strip()
+        if line.strip() == "" and "flags" in fields:  # the first processor is enough
+            break
+    present = set(fields.get("flags", "").split())
+    return {
+        "family": fields.get("cpu family", ""),
+        "model": fields.get("model", ""),
+        "isa": [flag for flag in ISA_FLAGS if flag in present],
+    }

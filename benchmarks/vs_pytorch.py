@@ -65,6 +65,7 @@ from benchmarks.step_timing import (
     PEAK_N,
     WEIGHT_DECAY,
     best_time,
+    cpu_kind,
     cpu_name,
     head_weights,
     make_batch,
@@ -301,6 +302,7 @@ def machine() -> dict[str, Any]:
 
     return {
         "cpu": cpu_name(),
+        "cpu_kind": cpu_kind(),
         "machine": platform.machine(),
         "cores_used": num_threads(),
         "jax": jax.__version__,
