@@ -10,9 +10,16 @@ In order, each part recorded whether it passes or not (a failing part does not s
    all-MiniLM-L6-v2 on SST-2 and of stories260K), end to end;
 4. step timings: LoRA and full fine-tuning of all-MiniLM-L6-v2 (float32; and LoRA with bfloat16
    compute on an accelerator), QLoRA of a 2-layer TinyLlama-shaped decoder (NF4 base, bfloat16
-   compute): median step time, examples and tokens per second, the FLOPs of the compiled step
-   (XLA's cost analysis) and the model FLOP utilisation against the device's peak (a table of
-   published peaks for GPUs and TPUs; on a CPU, a float32 matmul peak measured here).
+   compute): median step time, examples and tokens per second, the step's FLOPs and the model
+   FLOP utilisation against the device's peak (a table of published peaks for GPUs and TPUs; on
+   a CPU, a float32 matmul peak measured here).
+
+The FLOPs are XLA's cost analysis of the step *before* optimisation, lowered for the CPU from
+the inputs' shapes: the same count on every backend. The compiled executable's count is recorded beside it but not used: on
+a GPU it leaves out the matmuls handed to cuBLAS (an H200 run counted 220 of LoRA's ~1,500
+GFLOP, which made its MFU look 7x lower than it was). float32 matmuls on an NVIDIA GPU run as
+TF32 under JAX's default precision, so their MFU is against the TF32 peak; the row records the
+precision.
 
 Writes benchmarks/results/device_check.json (``--out``). On 2 CPU cores the whole check takes
 under 5 minutes (small batches); on an accelerator the batches grow to keep it busy.
@@ -34,14 +41,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 PARITY_TESTS = ["tests/test_bert.py", "tests/test_vit.py", "tests/test_llama.py",
                 "tests/test_attention_impl.py"]  # fmt: skip
-# Dense peak FLOP/s per device by jax's device_kind (vendor data sheets; bf16 tensor cores and
-# plain fp32), for MFU. Unknown kinds report no MFU rather than a guess.
+# Dense peak FLOP/s per device by jax's device_kind (vendor data sheets; bf16 and TF32 tensor
+# cores and plain fp32), for MFU. Unknown kinds report no MFU rather than a guess.
 PEAKS = {
-    "NVIDIA H100 80GB HBM3": {"bfloat16": 989e12, "float32": 67e12},
-    "NVIDIA H200": {"bfloat16": 989e12, "float32": 67e12},
-    "NVIDIA A100-SXM4-80GB": {"bfloat16": 312e12, "float32": 19.5e12},
-    "NVIDIA A100-SXM4-40GB": {"bfloat16": 312e12, "float32": 19.5e12},
-    "NVIDIA L4": {"bfloat16": 121e12, "float32": 30.3e12},
+    "NVIDIA H100 80GB HBM3": {"bfloat16": 989e12, "tfloat32": 494e12, "float32": 67e12},
+    "NVIDIA H200": {"bfloat16": 989e12, "tfloat32": 494e12, "float32": 67e12},
+    "NVIDIA A100-SXM4-80GB": {"bfloat16": 312e12, "tfloat32": 156e12, "float32": 19.5e12},
+    "NVIDIA A100-SXM4-40GB": {"bfloat16": 312e12, "tfloat32": 156e12, "float32": 19.5e12},
+    "NVIDIA L4": {"bfloat16": 121e12, "tfloat32": 60e12, "float32": 30.3e12},
     "TPU v4": {"bfloat16": 275e12, "float32": 275e12 / 4},
     "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 4},
     "TPU v5": {"bfloat16": 459e12, "float32": 459e12 / 4},
@@ -121,6 +128,28 @@ def _time(compiled, state, frozen, batch, steps: int) -> tuple[float, Any]:
     return statistics.median(times), metrics
 
 
+def _flops(stage) -> float:
+    """FLOPs by XLA's cost analysis of a ``Lowered`` or ``Compiled`` step (0 where there is none)."""
+    cost = stage.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def _model_flops(step, *args) -> float:
+    """The step's FLOPs before optimisation, from a lowering of its input shapes placed on the
+    host's CPU: the same count whatever the device. A GPU's own ``Lowered`` has no cost analysis
+    (its PJRT plugin raises, and jax 0.11.2 on an H200 returned nothing, also when lowered with
+    ``lowering_platforms=("cpu",)``, since the backend follows the inputs' devices)."""
+    import jax
+
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), args)
+    try:
+        return _flops(step.lower(*abstract))
+    except NotImplementedError:
+        return 0.0
+
+
 def step_timing(label: str, model, params, methods, rules, batch, loss, dtype: str, steps: int,
                 peak: dict) -> dict:  # fmt: skip
     """Median time of adapt's jitted train step (the one the runs use) and its utilisation."""
@@ -149,21 +178,23 @@ def step_timing(label: str, model, params, methods, rules, batch, loss, dtype: s
     start = time.perf_counter()
     compiled = step.lower(state, frozen, batch).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    flops, xla_flops = _model_flops(step, state, frozen, batch), _flops(compiled)
     seconds, metrics = _time(compiled, state, frozen, batch, steps)
     rows, tokens = first.shape[0], first.size
-    peak_flops = peak.get(dtype)
+    precision = jax.config.jax_default_matmul_precision
+    tf32 = dtype == "float32" and jax.default_backend() == "gpu" and precision in (None, "default")
+    peak_flops = peak.get("tfloat32" if tf32 else dtype)
     return {
         "label": label,
         "dtype": dtype,
+        "matmul_precision": "tf32 (JAX's default on GPUs)" if tf32 else (precision or "default"),
         "batch": list(first.shape),
         "compile_s": round(compile_s, 2),
         "step_s": seconds,
         "examples_per_s": rows / seconds,
         "tokens_per_s": tokens / seconds,
         "gflop_per_step": flops / 1e9,
+        "xla_compiled_gflop_per_step": xla_flops / 1e9,
         "achieved_tflops": flops / seconds / 1e12,
         "mfu": (flops / seconds / peak_flops) if peak_flops and flops else None,
         "loss": float(metrics["loss"]),
