@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -72,14 +71,15 @@ def _part(name: str, fn, report: dict) -> Any:
 def machine() -> dict:
     import jax
 
+    from benchmarks.step_timing import cpu_kind, cpu_name
+
     devices = jax.devices()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())  # fmt: skip
     return {
         "backend": jax.default_backend(),
         "devices": len(devices),
         "device_kind": devices[0].device_kind,
-        "cpu": cpu,
+        "cpu": cpu_name(),
+        "cpu_kind": cpu_kind(),
         "cpu_cores": os.cpu_count(),
         "jax": jax.__version__,
     }

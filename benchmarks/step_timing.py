@@ -81,15 +81,28 @@ def best_time(fn: Callable[[], None], reps: int) -> float:
     return min(times)
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo ("unknown" elsewhere): results name their machine."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+def first_processor(cpuinfo: str | None = None) -> dict[str, str]:
+    """The fields of the first processor in /proc/cpuinfo (or in ``cpuinfo``); empty elsewhere.
+    One parser for the model name, family, model and flags that results record."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:  # the first processor is enough
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name ("unknown" where there is none): results name their machine."""
+    return first_processor(cpuinfo).get("model name", "unknown")
 
 
 # The instruction sets that decide which matmul kernels XLA and PyTorch can use: two hosts that
@@ -101,19 +114,7 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
 def cpu_kind(cpuinfo: str | None = None) -> dict[str, Any]:
     """The CPU's family, model and the matmul-relevant ISA flags it has (from /proc/cpuinfo):
     ``{"family": "23", "model": "1", "isa": ["avx2", "fma"]}``; empty fields elsewhere."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key in ("cpu family", "model", "flags") and key not in fields:
-            fields[key] = value.strip()
-        if line.strip() == "" and "flags" in fields:  # the first processor is enough
-            break
+    fields = first_processor(cpuinfo)
     present = set(fields.get("flags", "").split())
     return {
         "family": fields.get("cpu family", ""),

@@ -26,7 +26,7 @@ def test_steps_interleave_and_rows_report_each_methods_median():
 
 
 def test_cpu_kind_names_the_family_model_and_matmul_isa_of_the_first_processor():
-    from benchmarks.step_timing import cpu_kind
+    from benchmarks.step_timing import cpu_kind, cpu_name
 
     cpuinfo = (
         "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\n"
@@ -34,4 +34,5 @@ def test_cpu_kind_names_the_family_model_and_matmul_isa_of_the_first_processor()
         "processor\t: 1\ncpu family\t: 99\nmodel\t\t: 9\nflags\t\t: avx512f amx_tile\n"
     )
     assert cpu_kind(cpuinfo) == {"family": "23", "model": "1", "isa": ["avx2", "fma"]}
-    assert cpu_kind("")["isa"] == []
+    assert cpu_name(cpuinfo) == "AMD EPYC"
+    assert cpu_kind("")["isa"] == [] and cpu_name("") == "unknown"
