@@ -14,12 +14,13 @@ In order, each part recorded whether it passes or not (a failing part does not s
    FLOP utilisation against the device's peak (a table of published peaks for GPUs and TPUs; on
    a CPU, a float32 matmul peak measured here).
 
-The FLOPs are XLA's cost analysis of the step *before* optimisation, lowered for the CPU from
-the inputs' shapes: the same count on every backend. The compiled executable's count is recorded beside it but not used: on
-a GPU it leaves out the matmuls handed to cuBLAS (an H200 run counted 220 of LoRA's ~1,500
-GFLOP, which made its MFU look 7x lower than it was). float32 matmuls on an NVIDIA GPU run as
-TF32 under JAX's default precision, so their MFU is against the TF32 peak; the row records the
-precision.
+The FLOPs are XLA's cost analysis of the step *before* optimisation, lowered for the host's CPU
+from the inputs' shapes: the same count on every backend. The compiled executable's count is
+recorded beside it but not used: on a GPU it leaves out the matmuls handed to cuBLAS (two H200
+runs counted 123 and 220 of LoRA's 1,521 GFLOP, so MFU read 7-12x low). This CPU-lowered count
+has not run on a GPU yet: the H200 figures in the README were counted with it on the CPU, at the
+same shapes, after the run. float32 matmuls on an NVIDIA GPU run as TF32 under JAX's default
+precision, so their MFU is against the TF32 peak; the row records the precision.
 
 Writes benchmarks/results/device_check.json (``--out``). On 2 CPU cores the whole check takes
 under 5 minutes (small batches); on an accelerator the batches grow to keep it busy.
